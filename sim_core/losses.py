@@ -1,0 +1,83 @@
+"""The online-network (psi-step) loss and the shared machinery of every generator (theta-step) loss.
+
+All losses are per sample, shape (B,), summed over C*H*W; the loop averages over the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .edm import add_noise, sigma_view
+from .time_dists import TimeDistribution
+from .weightings import get_weighting
+
+
+def edm_denoising_loss(D, x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor, weight: torch.Tensor,
+                       class_labels=None) -> torch.Tensor:
+    """lambda(t) ||D(x0 + t eps; t) - x0||^2 per sample (EDM loss, eq. B.2 / Algorithm 2's psi-step).
+
+    For the online network x0 must be the *detached* generator sample; for a teacher it is data.
+    """
+    x_t = add_noise(x0, sigma, eps)
+    D_x = D(x_t, sigma, class_labels)
+    return weight * (D_x - x0).pow(2).reshape(x0.shape[0], -1).sum(1)
+
+
+class OnlineLoss:
+    """psi-step: denoising score matching of D_psi on sg(g_theta(z)), t ~ p_EDM, weight lambda_EDM (Table 5)."""
+
+    def __init__(self, time_dist: TimeDistribution, weighting: str = "lambda_edm"):
+        self.time_dist = time_dist
+        self.weighting_name = weighting
+        self.weighting = get_weighting(weighting)
+
+    def __call__(self, D_fake, x0: torch.Tensor, class_labels, rng: torch.Generator) -> torch.Tensor:
+        x0 = x0.detach()
+        sigma = self.time_dist.sample(x0.shape[0], rng, dtype=x0.dtype, device=x0.device)
+        eps = torch.randn(x0.shape, generator=rng, dtype=x0.dtype).to(x0.device)
+        weight = sigma_view(self.weighting(sigma), x0).flatten()
+        return edm_denoising_loss(D_fake, x0, sigma, eps, weight, class_labels)
+
+
+@dataclass
+class GeneratorDraw:
+    """One draw of the theta-step's noise: t and eps for x_t = x0 + t eps."""
+    sigma: torch.Tensor
+    eps: torch.Tensor
+
+    @property
+    def x_t_of(self):
+        return lambda x0: add_noise(x0, self.sigma, self.eps)
+
+
+class GeneratorLoss:
+    """Base of the theta-step losses (SIM, SiD, DI): a time distribution and a weighting by name.
+
+    ``__call__(x0, class_labels, D_teacher, D_fake, rng)`` returns the per-sample loss whose gradient in theta
+    is the method's generator update; D_teacher and D_fake have frozen parameters but are differentiable in x.
+    """
+
+    def __init__(self, time_dist: TimeDistribution, weighting: str):
+        self.time_dist = time_dist
+        self.weighting_name = weighting
+        self.weighting = get_weighting(weighting)
+
+    def draw(self, x0: torch.Tensor, rng: torch.Generator) -> GeneratorDraw:
+        sigma = self.time_dist.sample(x0.shape[0], rng, dtype=x0.dtype, device=x0.device)
+        eps = torch.randn(x0.shape, generator=rng, dtype=x0.dtype).to(x0.device)
+        return GeneratorDraw(sigma, eps)
+
+    def loss(self, x0, class_labels, D_teacher, D_fake, draw: GeneratorDraw) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, x0, class_labels, D_teacher, D_fake, rng: torch.Generator) -> torch.Tensor:
+        return self.loss(x0, class_labels, D_teacher, D_fake, self.draw(x0, rng))
+
+    def describe(self) -> dict:
+        return {"time_dist": self.time_dist.name, "weighting": self.weighting_name}
+
+
+def per_sample_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a^T b per sample over all of C*H*W."""
+    return (a * b).reshape(a.shape[0], -1).sum(1)
