@@ -1,0 +1,320 @@
+"""The distillation loop shared by SIM, SiD and DI (paper Algorithm 1/2).
+
+Each iteration: ``online.steps_per_iter`` psi-steps (denoising score matching of the online network on
+detached generator samples), then one theta-step (the method's generator loss, teacher and online network
+frozen but differentiable in their input). Adam with the paper's betas, EMA of the generator for evaluation.
+
+A run directory holds: config.yaml (resolved), provenance.json, status.json, metrics.jsonl,
+checkpoint.pt (full state, written atomically), snapshots/ (EMA generator), samples/.
+A run interrupted by SIGTERM/SIGUSR1/SIGUSR2 checkpoints and exits; started again it resumes and ends
+bitwise-identical (on CPU) to a run that was never interrupted.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import yaml
+
+from .checkpoint import CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text, load_checked
+from .config import RunConfig, parse_config
+from .ema import ema_beta, ema_update
+from .generator import OneStepGenerator, random_labels
+from .losses import OnlineLoss
+from .methods import build_generator_loss
+from .provenance import provenance
+from .time_dists import build_time_distribution
+
+CHECKPOINT_FORMAT = "sim-harness-checkpoint/1"
+SNAPSHOT_FORMAT = "sim-harness-generator/1"
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: the run checkpointed on a signal and can be resumed
+
+
+class RunDirError(ValueError):
+    """The run directory holds a different run."""
+
+
+def _all_finite(tensors) -> bool:
+    tensors = list(tensors)
+    return bool(torch.stack([t.isfinite().all() for t in tensors]).all()) if tensors else True
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, buffered and appended in batches."""
+
+    def __init__(self, path: Path):
+        self.path, self.buffer = path, []
+
+    def add(self, record: dict) -> None:
+        self.buffer.append(record)
+
+    def flush(self) -> None:
+        if self.buffer:
+            with open(self.path, "a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in self.buffer))
+            self.buffer = []
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records logged after the checkpoint, so the history has no duplicated steps."""
+        if not self.path.exists():
+            return
+        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        atomic_write_text(self.path, "".join(line + "\n" for line in keep))
+
+
+def read_metrics(run_dir) -> list[dict]:
+    p = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines() if line] if p.exists() else []
+
+
+class Distiller:
+    """Owns the networks, optimisers, RNG and step counter of one run; ``run()`` trains to the end."""
+
+    def __init__(self, cfg: RunConfig, run_dir, testbed, evaluator: Optional[Callable] = None):
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.dtype = getattr(torch, cfg.dtype)
+        self.device = torch.device(cfg.device)
+        self.testbed = tb = testbed
+        self.data_shape, self.label_dim = tuple(tb.data_shape), tb.label_dim
+        torch.manual_seed(cfg.seed)
+        self.D_teacher = tb.D_teacher.to(self.device, self.dtype).eval().requires_grad_(False)
+        # Generator and online network both start from the teacher (Appendix B.2).
+        self.G = OneStepGenerator.from_teacher(self.D_teacher, cfg.generator.t_star).train().requires_grad_(True)
+        self.D_fake = copy.deepcopy(self.D_teacher).train()
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        o = cfg.optim
+        self.opt_gen = torch.optim.Adam(self.G.parameters(), lr=o.lr_gen, betas=o.betas, eps=o.eps)
+        self.opt_online = torch.optim.Adam(self.D_fake.parameters(), lr=o.lr_online, betas=o.betas, eps=o.eps)
+        self.gen_loss = build_generator_loss(**cfg.method.loss_kwargs())
+        self.online_loss = OnlineLoss(build_time_distribution(cfg.online.time_dist, **cfg.online.time_dist_params),
+                                      cfg.online.weighting)
+        self.rng = torch.Generator().manual_seed(cfg.seed)
+        self.step, self.nimg = 0, 0
+        self.evaluator = evaluator if evaluator is not None else tb.evaluator(cfg.eval, self.device, self.dtype)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self._stop_signal = None
+
+    # ---- one iteration -------------------------------------------------------------------------------
+    def _draw(self, n):
+        z = self.G.sample_z(n, self.data_shape, self.rng, self.dtype, self.device)
+        labels = random_labels(n, self.label_dim, self.rng, self.dtype, self.device)
+        return z, labels
+
+    def online_step(self) -> torch.Tensor:
+        """psi-step: theta frozen, DSM of D_psi on sg(g_theta(z)) (Algorithm 2, first half)."""
+        self.D_fake.requires_grad_(True)
+        z, labels = self._draw(self.cfg.optim.batch_size)
+        with torch.no_grad():
+            x0 = self.G(z, labels)
+        loss = self.online_loss(self.D_fake, x0, labels, self.rng).mean()
+        self.opt_online.zero_grad(set_to_none=True)
+        if loss.isfinite():
+            loss.backward()
+            self.opt_online.step()
+        self.D_fake.requires_grad_(False)
+        return loss.detach()
+
+    def generator_step(self) -> torch.Tensor:
+        """theta-step: psi frozen, the method's generator loss (Algorithm 2, second half)."""
+        z, labels = self._draw(self.cfg.optim.batch_size)
+        x0 = self.G(z, labels)
+        loss = self.gen_loss(x0, labels, self.D_teacher, self.D_fake, self.rng).mean()
+        self.opt_gen.zero_grad(set_to_none=True)
+        if loss.isfinite():
+            loss.backward()
+            self.opt_gen.step()
+        return loss.detach()
+
+    # ---- state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return dict(format=CHECKPOINT_FORMAT, config_hash=self.cfg.hash(), step=self.step, nimg=self.nimg,
+                    G=self.G.state_dict(), G_ema=self.G_ema.state_dict(), D_fake=self.D_fake.state_dict(),
+                    opt_gen=self.opt_gen.state_dict(), opt_online=self.opt_online.state_dict(),
+                    rng=self.rng.get_state(), torch_rng=torch.get_rng_state(),
+                    numpy_rng=_numpy_state(), python_rng=_python_state())
+
+    def load_state_dict(self, s: dict) -> None:
+        self.G.load_state_dict(s["G"])
+        self.G_ema.load_state_dict(s["G_ema"])
+        self.D_fake.load_state_dict(s["D_fake"])
+        self.opt_gen.load_state_dict(s["opt_gen"])
+        self.opt_online.load_state_dict(s["opt_online"])
+        self.rng.set_state(s["rng"])
+        torch.set_rng_state(s["torch_rng"])
+        np.random.set_state(_numpy_from(s["numpy_rng"]))
+        random.setstate(_python_from(s["python_rng"]))
+        self.step, self.nimg = int(s["step"]), int(s["nimg"])
+
+    def save_checkpoint(self) -> None:
+        atomic_torch_save(self.state_dict(), self.run_dir / "checkpoint.pt")
+
+    def try_resume(self) -> bool:
+        path = self.run_dir / "checkpoint.pt"
+        if not path.exists():
+            return False
+        s = load_checked(path, "checkpoint", fmt=CHECKPOINT_FORMAT)
+        if s.get("config_hash") != self.cfg.hash():
+            raise RunDirError(f"checkpoint {path} belongs to config {s.get('config_hash')}, not {self.cfg.hash()}")
+        try:
+            self.load_state_dict(s)
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path} does not match the networks: {str(e).splitlines()[0][:200]}") from None
+        self.metrics.truncate_after(self.step)
+        return True
+
+    def save_snapshot(self, name: str) -> Path:
+        path = self.run_dir / "snapshots" / name
+        atomic_torch_save(dict(format=SNAPSHOT_FORMAT, step=self.step, nimg=self.nimg, config_hash=self.cfg.hash(),
+                               t_star=self.G.t_star, G_ema=self.G_ema.state_dict()), path)
+        return path
+
+    # ---- bookkeeping ---------------------------------------------------------------------------------
+    def _status(self, status: str, **extra) -> dict:
+        rec = dict(status=status, step=self.step, nimg=self.nimg, **extra)
+        atomic_write_json(self.run_dir / "status.json", rec)
+        return rec
+
+    def _evaluate(self) -> dict:
+        t0 = time.time()
+        result = self.evaluator(self.G_ema, self.step) if self.evaluator else {}
+        rec = {"step": self.step, "nimg": self.nimg, **{f"eval/{k}": v for k, v in result.items()},
+               "eval/seconds": round(time.time() - t0, 3)}
+        self.metrics.add(rec)
+        self.metrics.flush()
+        return rec
+
+    def _on_signal(self, signum, frame):
+        self._stop_signal = signum
+
+    def _every(self, n: int) -> bool:
+        return n > 0 and self.step % n == 0
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg, tc = self.cfg, self.cfg.train
+        resumed = self.try_resume()
+        if not resumed:
+            self.metrics.truncate_after(-1)
+            self._evaluate()  # the metric at initialisation, the reference for "improves by a factor"
+            self.testbed.save_samples(self.G_ema, self.run_dir / "samples" / "init.png", self.cfg.eval.seed)
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in HANDLED_SIGNALS}
+        self._status("running", resumed=resumed)
+        bar = None
+        if tc.progress:
+            from tqdm import tqdm
+            bar = tqdm(total=tc.iterations, initial=self.step, desc=cfg.name, mininterval=1.0)
+        t_last = time.time()
+        try:
+            while self.step < tc.iterations:
+                for _ in range(cfg.online.steps_per_iter):
+                    loss_online = self.online_step()
+                loss_gen = self.generator_step()
+                finite = bool(loss_online.isfinite() and loss_gen.isfinite())
+                if finite:
+                    finite = _all_finite(list(self.G.parameters()) + list(self.D_fake.parameters()))
+                self.step += 1
+                self.nimg += cfg.optim.batch_size  # kimg counts generator images per iteration (as SiD)
+                if not finite:
+                    # Figure 2 is about exactly this: record where it happened, keep the last good checkpoint.
+                    self.metrics.add(dict(step=self.step, nimg=self.nimg, loss_online=float(loss_online),
+                                          loss_gen=float(loss_gen)))
+                    self.metrics.flush()
+                    return self._status("diverged", diverged_at=self.step,
+                                        reason="non-finite loss" if not (loss_online.isfinite() and loss_gen.isfinite())
+                                        else "non-finite parameter")
+                ema_update(self.G_ema, self.G, ema_beta(self.nimg, cfg.optim.batch_size, cfg.ema.halflife_kimg,
+                                                        cfg.ema.rampup_ratio))
+                if self._every(tc.log_every) or self.step == tc.iterations:
+                    now = time.time()
+                    self.metrics.add(dict(step=self.step, nimg=self.nimg, loss_online=loss_online.item(),
+                                          loss_gen=loss_gen.item(), sec_per_iter=round((now - t_last) / tc.log_every, 5)))
+                    t_last = now
+                if self._every(tc.eval_every) or self.step == tc.iterations:
+                    self._evaluate()
+                if self._every(tc.snapshot_every) or self.step == tc.iterations:
+                    self.save_snapshot(f"ema-{self.step:08d}.pt")
+                if self._every(tc.sample_every) or self.step == tc.iterations:
+                    self.testbed.save_samples(self.G_ema, self.run_dir / "samples" / f"step-{self.step:08d}.png",
+                                              self.cfg.eval.seed)
+                if bar is not None:
+                    bar.update(1)
+                    if self.step % tc.log_every == 0:
+                        bar.set_postfix(online=f"{loss_online.item():.4g}", gen=f"{loss_gen.item():.4g}")
+                if self._every(tc.checkpoint_every) or self.step == tc.iterations or self._stop_signal:
+                    self.metrics.flush()
+                    self.save_checkpoint()
+                if self._stop_signal is not None and self.step < tc.iterations:
+                    return self._status("interrupted", signal=signal.Signals(self._stop_signal).name)
+            self.metrics.flush()
+            return self._status("finished")
+        finally:
+            self.metrics.flush()
+            if bar is not None:
+                bar.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+
+
+def _numpy_state():
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return dict(name=name, keys=torch.from_numpy(keys.astype(np.int64)), pos=pos, has_gauss=has_gauss, cached=cached)
+
+
+def _numpy_from(s):
+    return (s["name"], s["keys"].numpy().astype(np.uint32), s["pos"], s["has_gauss"], s["cached"])
+
+
+def _python_state():
+    version, internal, gauss = random.getstate()
+    return dict(version=version, internal=list(internal), gauss=gauss)
+
+
+def _python_from(s):
+    return (s["version"], tuple(s["internal"]), s["gauss"])
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir) -> Path:
+    """Create the run directory with its provenance, or check that an existing one holds the same config."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.exists():
+        existing = parse_config(yaml.safe_load(cfg_path.read_text()))
+        if existing.hash() != cfg.hash():
+            raise RunDirError(f"run directory {run_dir} holds config {existing.hash()}, not {cfg.hash()}; "
+                              "use another --run-dir")
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from .checkpoint import sha256_file
+    teacher = Path(cfg.testbed.teacher)
+    atomic_write_json(run_dir / "provenance.json",
+                      provenance(cfg.hash(), {"teacher_sha256": sha256_file(teacher) if teacher.is_file() else None}))
+    atomic_write_text(run_dir / "config_hash.txt", cfg.hash() + "\n")
+    atomic_write_text(cfg_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return run_dir
+
+
+def distill(cfg: RunConfig, run_dir, testbed=None, evaluator=None) -> dict:
+    """Run (or resume, or no-op if finished) one distillation; returns the final status record.
+
+    The teacher (and the classifier, for digits) are loaded and checked before the run directory is touched.
+    """
+    from .testbeds import load_testbed
+    testbed = testbed or load_testbed(cfg.testbed)
+    run_dir = prepare_run_dir(cfg, run_dir)
+    status_path = run_dir / "status.json"
+    if status_path.exists():
+        status = json.loads(status_path.read_text())
+        if status["status"] in ("finished", "diverged"):
+            return status
+    d = Distiller(cfg, run_dir, testbed=testbed, evaluator=evaluator)
+    return d.run()
