@@ -1,0 +1,66 @@
+"""Shared fixtures: small real teachers trained once per test session (no downloads, no mocks)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # fastest for small networks on the 2-core CI machine
+
+
+def pytest_configure(config):
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="session")
+def assets_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("assets")
+
+
+@pytest.fixture(scope="session")
+def gmm_teacher(assets_dir):
+    """A small ring-mixture teacher (600 iterations at batch 256, ~10 s): good enough to distil from."""
+    from sim_core.toy_assets import build_toy_teacher
+    path = assets_dir / "teacher_gmm.pt"
+    build_toy_teacher("gmm", path, iterations=600, batch_size=256, hidden=64, blocks=2)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_teacher(assets_dir):
+    """A small unconditional digits teacher (600 iterations at batch 128)."""
+    from sim_core.toy_assets import build_toy_teacher
+    path = assets_dir / "teacher_digits.pt"
+    build_toy_teacher("digits", path, iterations=600, batch_size=128, hidden=128, blocks=2)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_teacher_cond(assets_dir):
+    from sim_core.toy_assets import build_toy_teacher
+    path = assets_dir / "teacher_digits_cond.pt"
+    build_toy_teacher("digits", path, conditional=True, iterations=300, batch_size=128, hidden=64, blocks=1)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_classifier(assets_dir):
+    from sim_core.toy.classifier import save_classifier, train_classifier
+    path = assets_dir / "digits_cnn.pt"
+    model, acc = train_classifier(seed=0)
+    save_classifier(model, str(path), test_accuracy=acc)
+    return path
+
+
+def gmm_config(teacher, **over) -> dict:
+    """A small SIM run on the mixture as a plain dict (tests edit it, then parse it)."""
+    cfg = dict(name="t_gmm", scale="smoke", seed=0,
+               testbed=dict(kind="gmm", teacher=str(teacher)),
+               method=dict(name="sim"),
+               optim=dict(lr_gen=1e-4, lr_online=1e-4, batch_size=64),
+               train=dict(iterations=20, log_every=5, eval_every=10, checkpoint_every=0, progress=False),
+               eval=dict(num_samples=500, batch_size=500))
+    for k, v in over.items():
+        cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
+    return cfg
