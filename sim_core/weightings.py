@@ -16,7 +16,7 @@ def lambda_edm(sigma: torch.Tensor, x0=None, D_teacher=None, sigma_data: float =
 
 
 @WEIGHTINGS.register("sidwgt")
-def sidwgt(sigma: torch.Tensor, x0: torch.Tensor, D_teacher: torch.Tensor, floor: float = 1e-5) -> torch.Tensor:
+def sidwgt(sigma: torch.Tensor, x0=None, D_teacher=None, floor: float = 1e-5) -> torch.Tensor:
     """SiD's generator weight (eq. B.11) in denoiser space: C / ||x0 - D_q(x_t)||_1 = 1 / mean|x0 - D_q(x_t)|,
     under stop-gradient; the mean is clipped at 1e-5 as in SiD's training/sid_loss.py. (In score space the
     same weight carries a factor t^4.)"""
@@ -24,7 +24,7 @@ def sidwgt(sigma: torch.Tensor, x0: torch.Tensor, D_teacher: torch.Tensor, floor
         raise ValueError("weighting sidwgt needs x0 and the teacher's denoiser output")
     with torch.no_grad():
         mean_abs = (x0 - D_teacher).abs().reshape(x0.shape[0], -1).mean(1).clamp_min(floor)
-    return 1.0 / mean_abs  # divided outside no_grad would also be fine: the result carries no graph anyway
+    return 1.0 / mean_abs  # a constant per sample: it multiplies a loss whose graph is built outside
 
 
 @WEIGHTINGS.register("nowgt")
