@@ -1,4 +1,4 @@
-"""Command line: ``sim teacher | classifier | distill | sample-teacher``.
+"""Command line: ``sim teacher | classifier | distill | sample-teacher | summarize``.
 
 Bad input (config, names, numbers, files) ends with one line on stderr and exit code 2, before any work.
 """
@@ -57,6 +57,11 @@ def _cmd_sample_teacher(a):
     print(json.dumps({"out": a.out, "nfe": nfe(a.steps), "n": a.n}))
 
 
+def _cmd_summarize(a):
+    from .summary import summarize, to_markdown
+    print(to_markdown(summarize(a.run_dirs)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sim", description="SIM / SiD / Diff-Instruct one-step distillation harness")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -87,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=18, help="Heun steps; NFE = 2*steps - 1")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=_cmd_sample_teacher)
+    m = sub.add_parser("summarize", help="print a table of run directories' first and last evaluations")
+    m.add_argument("run_dirs", nargs="+")
+    m.set_defaults(fn=_cmd_summarize)
     return p
 
 

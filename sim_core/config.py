@@ -107,6 +107,7 @@ class EvalConfig(_Strict):
     num_samples: int = Field(2000, ge=2)   # generator samples per evaluation
     batch_size: int = Field(500, ge=1)
     seed: int = 12345                      # evaluation noise is fixed, independent of training
+    kid_subsets: int = Field(20, ge=1)     # digits: KID subsets (torch-fidelity's 100 costs ~11 s per evaluation)
 
 
 class RunConfig(_Strict):

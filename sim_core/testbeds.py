@@ -42,10 +42,10 @@ class Testbed:
         def evaluate(G, step):
             x, labels = generate(G, eval_cfg.num_samples, self.data_shape, self.label_dim, eval_cfg.seed,
                                  eval_cfg.batch_size, device, dtype)
-            return self.metrics(x, labels)
+            return self.metrics(x, labels, eval_cfg)
         return evaluate
 
-    def metrics(self, x: torch.Tensor, labels) -> dict:
+    def metrics(self, x: torch.Tensor, labels, eval_cfg) -> dict:
         raise NotImplementedError
 
     def save_samples(self, G, path, seed: int) -> None:
@@ -60,7 +60,7 @@ class GMMTestbed(Testbed):
         from .toy.gmm import GaussianMixture
         self.gmm = GaussianMixture.from_spec(meta["testbed_spec"])
 
-    def metrics(self, x, labels):
+    def metrics(self, x, labels, eval_cfg):
         from .toy.metrics import gmm_metrics
         m = gmm_metrics(x.double(), self.gmm)
         return {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in m.items()}
@@ -91,11 +91,12 @@ class DigitsTestbed(Testbed):
             from .toy.classifier import load_classifier
             load_classifier(classifier)  # fail now, before training, on a missing or corrupt file
 
-    def metrics(self, x, labels):
+    def metrics(self, x, labels, eval_cfg):
         if self.classifier is None:
             return {}
-        from .toy.classifier import digits_fidelity
-        return digits_fidelity(x.clamp(-1, 1), self.classifier, real="train")
+        from .toy.fidelity import digits_fidelity
+        # Reference: the train split the teacher learned from (as CIFAR-10 FID uses the training images).
+        return digits_fidelity(x.clamp(-1, 1), self.classifier, real="train", kid_subsets=eval_cfg.kid_subsets)
 
     def save_samples(self, G, path, seed):
         from torchvision.utils import save_image

