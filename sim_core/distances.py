@@ -175,11 +175,7 @@ class PseudoHuber(Distance):
 
 def build_distance(name: str, warn: bool = True, **params) -> Distance:
     """Build a distance by name; warns when the distance breaks Theorem 3.1's conditions."""
-    cls = DISTANCES.get(name)
-    try:
-        dist = cls(**params)
-    except TypeError as e:
-        raise ValueError(f"distance {name}: bad parameters {params}: {e}") from None
+    dist = DISTANCES.build(name, **params)
     if warn and dist.regularity_warning:
         warnings.warn(dist.regularity_warning, RuntimeWarning, stacklevel=2)
     return dist

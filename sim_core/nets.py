@@ -64,8 +64,4 @@ class ResidualMLP(nn.Module):
 
 
 def build_network(name: str, **kwargs) -> nn.Module:
-    cls = NETWORKS.get(name)
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ValueError(f"network {name}: bad arguments {kwargs}: {e}") from None
+    return NETWORKS.build(name, **kwargs)

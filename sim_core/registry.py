@@ -53,5 +53,9 @@ class Registry:
         return obj
 
     def build(self, name: str, **kwargs) -> Any:
+        """Call the entry with keyword arguments; wrong argument names become a one-line ValueError."""
         factory: Callable = self.get(name)
-        return factory(**kwargs)
+        try:
+            return factory(**kwargs)
+        except TypeError as e:
+            raise ValueError(f"{self.kind} {name}: bad parameters {kwargs}: {e}") from None

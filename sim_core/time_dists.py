@@ -132,8 +132,4 @@ class KarrSiD(_Karras):
 
 
 def build_time_distribution(name: str, **params) -> TimeDistribution:
-    factory = TIME_DISTRIBUTIONS.get(name)
-    try:
-        return factory(**params)
-    except TypeError as e:
-        raise ValueError(f"time distribution {name}: bad parameters {params}: {e}") from None
+    return TIME_DISTRIBUTIONS.build(name, **params)

@@ -166,5 +166,5 @@ def test_by_name_lists_valid_names():
     assert by_name("ring", K=4).K == 4
     with pytest.raises(ValueError, match="valid names: random_mixture, ring"):
         by_name("moons")
-    with pytest.raises(ValueError, match="bad arguments"):
+    with pytest.raises(ValueError, match="bad parameters"):
         by_name("ring", radii=2)

@@ -10,10 +10,8 @@ with a SHA-256 checksum and metadata in a JSON file alongside (path + '.json'), 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import time
 
 import torch
@@ -21,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
+from ..checkpoint import atomic_torch_save, atomic_write_json, sha256_file
 from .digits import NUM_CLASSES, from_uint8, load_digits_split
 
 EXTRACTOR_NAME = "digits-cnn"
@@ -113,30 +112,6 @@ def train_classifier(seed: int = 0, epochs: int = 30, batch_size: int = 64, lr: 
 
 
 # ------------------------------------------------------------------------------------------ persistence
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write(path: str, write) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def meta_path(path: str) -> str:
     return str(path) + ".json"
 
@@ -146,10 +121,10 @@ def save_classifier(model: DigitsCNN, path: str, **meta) -> dict:
     path = str(path)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     payload = {"arch": dict(model.init_kwargs), "state_dict": state}
-    _atomic_write(path, lambda f: torch.save(payload, f))
-    info = {"sha256": _sha256(path), "arch": dict(model.init_kwargs), "format": "digits-cnn/1",
+    sha256 = atomic_torch_save(payload, path)
+    info = {"sha256": sha256, "arch": dict(model.init_kwargs), "format": "digits-cnn/1",
             "torch": torch.__version__, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
-    _atomic_write(meta_path(path), lambda f: f.write(json.dumps(info, indent=1, sort_keys=True).encode()))
+    atomic_write_json(meta_path(path), info)
     return info
 
 
@@ -166,7 +141,7 @@ def load_classifier(path: str) -> DigitsCNN:
         expected = info["sha256"]
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"digits classifier metadata {meta_path(path)} is unreadable: {e}") from None
-    if _sha256(path) != expected:
+    if sha256_file(path) != expected:
         raise ValueError(f"digits classifier {path} is corrupt: SHA-256 does not match {meta_path(path)}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -226,8 +226,4 @@ def random_mixture(d: int = 16, K: int = 8, seed: int = 0, mean_std: float = 0.5
 
 def by_name(name: str, **kw) -> GaussianMixture:
     """Build a named toy mixture ('ring', 'random_mixture'); an unknown name fails listing the valid ones."""
-    factory = MIXTURES.get(name)
-    try:
-        return factory(**kw)
-    except TypeError as e:
-        raise ValueError(f"toy mixture {name}: bad arguments {kw}: {e}") from None
+    return MIXTURES.build(name, **kw)

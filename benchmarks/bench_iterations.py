@@ -1,0 +1,136 @@
+"""Iterations per second of SIM, SiD and DI on the digits teacher, and how close one SIM iteration is to the
+sum of its network passes timed separately (the floor of the loop). Prints ratios measured in one run.
+
+    .venv/bin/python benchmarks/bench_iterations.py [--batch 64] [--teacher results/assets/teacher_digits.pt]
+
+Without --teacher, a randomly initialised network of the toy digits teacher's architecture is used (timing
+does not depend on the weights). One torch thread, as the toy jobs run.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+from sim_core.config import parse_config
+from sim_core.edm import EDMPrecond
+from sim_core.ema import ema_beta, ema_update
+from sim_core.nets import ResidualMLP
+from sim_core.teacher import load_teacher
+from sim_core.testbeds import Testbed
+from sim_core.toy_assets import TEACHER_DEFAULTS
+from sim_core.train import Distiller
+
+
+def timed(fn, reps: int, warmup: int = 5) -> float:
+    """Median seconds per call."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def make_distiller(method: str, D, meta, batch: int, run_dir: str) -> Distiller:
+    raw = dict(name=f"bench_{method}", testbed=dict(kind="digits", teacher="unused.pt"), method=dict(name=method),
+               optim=dict(batch_size=batch, lr_gen=1e-5, lr_online=1e-5),
+               train=dict(iterations=10 ** 9, progress=False))
+    return Distiller(parse_config(raw), run_dir, Testbed(D, meta), evaluator=lambda G, step: {})
+
+
+def iteration(d: Distiller):
+    d.online_step()
+    d.generator_step()
+    d.nimg += d.cfg.optim.batch_size
+    ema_update(d.G_ema, d.G, ema_beta(d.nimg, d.cfg.optim.batch_size))
+
+
+def pass_floor(d: Distiller, reps: int) -> dict:
+    """Each network pass of one SIM iteration, timed on its own."""
+    B, shape = d.cfg.optim.batch_size, d.data_shape
+    rng = torch.Generator().manual_seed(0)
+    z = d.G.sample_z(B, shape, rng)
+    sigma = torch.rand(B, generator=rng) + 0.1
+    x_t = torch.randn((B, *shape), generator=rng)
+
+    def gen_nograd():
+        with torch.no_grad():
+            d.G(z)
+
+    def fake_train():  # psi-step forward + backward to the parameters
+        d.D_fake.requires_grad_(True)
+        loss = (d.D_fake(x_t, sigma) - z).pow(2).sum()
+        loss.backward()
+        d.D_fake.requires_grad_(False)
+
+    def adam_online():
+        d.opt_online.step()
+
+    def gen_fwd_bwd():  # the generator's share of the theta-step
+        (d.G(z) * x_t).sum().backward()
+
+    def frozen_fwd_bwd_input(net):
+        def f():
+            x = x_t.clone().requires_grad_(True)
+            net(x, sigma).sum().backward()
+        return f
+
+    def adam_gen():
+        d.opt_gen.step()
+
+    def ema():
+        ema_update(d.G_ema, d.G, 0.999)
+
+    # Adam needs gradients to exist to do its work
+    fake_train()
+    gen_fwd_bwd()
+    parts = dict(gen_forward_nograd=gen_nograd, online_forward_backward=fake_train, adam_online=adam_online,
+                 gen_forward_backward=gen_fwd_bwd, teacher_forward_backward_to_input=frozen_fwd_bwd_input(d.D_teacher),
+                 online_forward_backward_to_input=frozen_fwd_bwd_input(d.D_fake), adam_gen=adam_gen, ema=ema)
+    return {k: timed(f, reps) for k, f in parts.items()}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=60)
+    ap.add_argument("--teacher", help="a digits teacher file; default: random weights, toy architecture")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    if a.teacher:
+        D, meta = load_teacher(a.teacher)
+    else:
+        hp = TEACHER_DEFAULTS["digits"]
+        torch.manual_seed(0)
+        D = EDMPrecond(ResidualMLP((1, 8, 8), hidden=hp["hidden"], blocks=hp["blocks"]))
+        meta = dict(data_shape=[1, 8, 8], label_dim=0)
+    n_params = sum(p.numel() for p in D.parameters())
+    print(f"digits teacher: {n_params:,} parameters, batch {a.batch}, {a.threads} thread(s), {a.reps} timed reps")
+    with tempfile.TemporaryDirectory() as tmp:
+        per_iter = {}
+        for method in ("sim", "sid", "di"):
+            d = make_distiller(method, D, meta, a.batch, tmp)
+            per_iter[method] = timed(lambda: iteration(d), a.reps)
+        d = make_distiller("sim", D, meta, a.batch, tmp)
+        floor = pass_floor(d, a.reps)
+    print("\nmethod  ms/iter  iter/s  images/s (generator)")
+    for m, s in per_iter.items():
+        print(f"{m:6s} {1000 * s:8.2f} {1 / s:7.1f} {a.batch / s:9.0f}")
+    total = sum(floor.values())
+    print("\nSIM iteration, its passes timed separately (ms):")
+    for k, v in floor.items():
+        print(f"  {k:36s} {1000 * v:7.2f}")
+    print(f"  {'sum of passes (floor)':36s} {1000 * total:7.2f}")
+    print(f"\nratio SIM iteration / floor: {per_iter['sim'] / total:.3f}")
+    print(f"ratio SiD / SIM: {per_iter['sid'] / per_iter['sim']:.3f}   DI / SIM: {per_iter['di'] / per_iter['sim']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
