@@ -114,10 +114,16 @@ def main():
     n_params = sum(p.numel() for p in D.parameters())
     print(f"digits teacher: {n_params:,} parameters, batch {a.batch}, {a.threads} thread(s), {a.reps} timed reps")
     with tempfile.TemporaryDirectory() as tmp:
-        per_iter = {}
-        for method in ("sim", "sid", "di"):
-            d = make_distiller(method, D, meta, a.batch, tmp)
-            per_iter[method] = timed(lambda: iteration(d), a.reps)
+        # Interleave the methods rep by rep so that drift in machine speed hits all of them alike.
+        ds = {m: make_distiller(m, D, meta, a.batch, tmp) for m in ("sim", "sid", "di")}
+        times = {m: [] for m in ds}
+        for rep in range(a.reps + 5):
+            for m, d in ds.items():
+                t0 = time.perf_counter()
+                iteration(d)
+                if rep >= 5:  # warm-up
+                    times[m].append(time.perf_counter() - t0)
+        per_iter = {m: statistics.median(t) for m, t in times.items()}
         d = make_distiller("sim", D, meta, a.batch, tmp)
         floor = pass_floor(d, a.reps)
     print("\nmethod  ms/iter  iter/s  images/s (generator)")

@@ -59,7 +59,9 @@ def _cmd_sample_teacher(a):
 
 def _cmd_summarize(a):
     from .summary import summarize, to_markdown
-    print(to_markdown(summarize(a.run_dirs)))
+    rows = summarize(a.run_dirs)
+    for testbed in dict.fromkeys(r["testbed"] for r in rows):  # one table per testbed: different metrics
+        print(to_markdown([r for r in rows if r["testbed"] == testbed]) + "\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

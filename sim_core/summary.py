@@ -8,7 +8,7 @@ import yaml
 
 from .train import read_metrics
 
-HEADLINE = {"gmm": ("fd", "modes_covered", "nll_gap"), "digits": ("fid", "kid", "isc")}
+HEADLINE = {"gmm": ("fd", "modes_covered", "mode_mass_tv", "nll_gap"), "digits": ("fid", "kid", "isc")}
 
 
 def summarize(run_dirs) -> list[dict]:

@@ -111,7 +111,8 @@ class DigitsTestbed(Testbed):
             x = G(z, labels)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(path).with_suffix(".tmp.png")
-        save_image((x.clamp(-1, 1) + 1) / 2, tmp, nrow=10, padding=1)
+        x = torch.nn.functional.interpolate((x.clamp(-1, 1) + 1) / 2, scale_factor=4, mode="nearest")
+        save_image(x, tmp, nrow=10, padding=2)
         tmp.replace(path)
 
 
