@@ -137,3 +137,18 @@ def test_parse_config_rejects_bad_values_in_process(gmm_teacher):
     with pytest.raises(ConfigError) as e:
         parse_config(gmm_config(gmm_teacher, method=dict(name="sid", distance="l2")))
     assert str(e.value) == "bad config: method: method sid does not take distance"
+
+
+def test_overrides_and_bad_overrides(tmp_path, gmm_teacher):
+    from sim_core.config import load_config
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(gmm_config(gmm_teacher)))
+    cfg = load_config(path, ["optim.lr_gen=3e-4", "method.distance=huber", "method.distance_params.delta=0.5"])
+    assert cfg.optim.lr_gen == 3e-4 and cfg.method.distance == "huber" and cfg.method.distance_params == {"delta": 0.5}
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(path, ["optim.lr_gen"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
