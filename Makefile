@@ -7,7 +7,7 @@ ASSETS := results/assets
 RUNS := results/runs
 TOY_RUNS := sim_gmm sid_gmm di_gmm sim_digits sid_digits di_digits sim_digits_cond
 
-.PHONY: toy test assets venv clean-results
+.PHONY: toy toy-single-runs test assets venv clean-results
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,17 +17,15 @@ $(VENV)/.installed: pyproject.toml
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -n 2 -q
 
-assets: $(ASSETS)/teacher_gmm.pt $(ASSETS)/teacher_digits.pt $(ASSETS)/teacher_digits_cond.pt $(ASSETS)/digits_cnn.pt
-$(ASSETS)/teacher_gmm.pt: | $(VENV)/.installed
-	$(SIM) teacher --testbed gmm --out $@ --no-progress
-$(ASSETS)/teacher_digits.pt: | $(VENV)/.installed
-	$(SIM) teacher --testbed digits --out $@ --no-progress
-$(ASSETS)/teacher_digits_cond.pt: | $(VENV)/.installed
-	$(SIM) teacher --testbed digits --conditional --out $@ --no-progress
-$(ASSETS)/digits_cnn.pt: | $(VENV)/.installed
-	$(SIM) classifier --out $@
+# The toy assets are built by the DAG's asset rule (configs/scales/toy.yaml), so both paths share them.
+ASSET_FILES := $(addprefix $(ASSETS)/,teacher_gmm.pt teacher_digits.pt teacher_digits_cond.pt classifier.pt)
+assets: $(VENV)/.installed
+	$(VENV)/bin/snakemake $(ASSET_FILES) --cores 2 --quiet progress
 
-toy: assets
+toy: $(VENV)/.installed
+	$(VENV)/bin/snakemake all_tables --cores 2 --quiet progress
+
+toy-single-runs: assets
 	@for run in $(TOY_RUNS); do \
 	  $(SIM) distill --config configs/toy/$$run.yaml --run-dir $(RUNS)/$$run --set train.progress=false || exit $$?; \
 	done

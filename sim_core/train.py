@@ -78,8 +78,8 @@ def read_metrics(run_dir) -> list[dict]:
 class Distiller:
     """Owns the networks, optimisers, RNG and step counter of one run; ``run()`` trains to the end."""
 
-    def __init__(self, cfg: RunConfig, run_dir, testbed, evaluator: Optional[Callable] = None):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+    def __init__(self, cfg: RunConfig, run_dir, testbed, evaluator: Optional[Callable] = None, tracker=None):
+        self.cfg, self.run_dir, self.tracker = cfg, Path(run_dir), tracker
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.dtype = getattr(torch, cfg.dtype)
@@ -157,6 +157,13 @@ class Distiller:
 
     def save_checkpoint(self) -> None:
         atomic_torch_save(self.state_dict(), self.run_dir / "checkpoint.pt")
+        self.sync_tracker()
+
+    def sync_tracker(self) -> None:
+        """Send the metrics up to the current step to the tracker (after a checkpoint: never past it)."""
+        if self.tracker is not None:
+            self.metrics.flush()
+            self.tracker.log_records(read_metrics(self.run_dir), self.step)
 
     def try_resume(self) -> bool:
         path = self.run_dir / "checkpoint.pt"
@@ -228,7 +235,7 @@ class Distiller:
                     # Figure 2 is about exactly this: record where it happened, keep the last good checkpoint.
                     self.metrics.add(dict(step=self.step, nimg=self.nimg, loss_online=float(loss_online),
                                           loss_gen=float(loss_gen)))
-                    self.metrics.flush()
+                    self.sync_tracker()
                     return self._status("diverged", diverged_at=self.step,
                                         reason="non-finite loss" if not (loss_online.isfinite() and loss_gen.isfinite())
                                         else "non-finite parameter")
@@ -303,7 +310,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir) -> Path:
     return run_dir
 
 
-def distill(cfg: RunConfig, run_dir, testbed=None, evaluator=None) -> dict:
+def distill(cfg: RunConfig, run_dir, testbed=None, evaluator=None, tracker_factory=None) -> dict:
     """Run (or resume, or no-op if finished) one distillation; returns the final status record.
 
     The teacher (and the classifier, for digits) are loaded and checked before the run directory is touched.
@@ -316,5 +323,6 @@ def distill(cfg: RunConfig, run_dir, testbed=None, evaluator=None) -> dict:
         status = json.loads(status_path.read_text())
         if status["status"] in ("finished", "diverged"):
             return status
-    d = Distiller(cfg, run_dir, testbed=testbed, evaluator=evaluator)
+    tracker = tracker_factory() if tracker_factory else None  # after the run dir exists: it records the run id
+    d = Distiller(cfg, run_dir, testbed=testbed, evaluator=evaluator, tracker=tracker)
     return d.run()

@@ -1,0 +1,92 @@
+"""What the Snakefile calls: loading the scale config (with --config overrides), launching jobs through
+submitit, and writing the manifests the aggregation reads. Kept out of the Snakefile so it can be tested."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from sim_core.checkpoint import atomic_write_json
+from sim_core.config import ConfigError
+
+from .schema import ScaleConfig, load_scale
+from .sweep import Sweep, expand
+
+OVERRIDABLE = ("executor", "tracking_uri", "results_dir", "runs_per_job")
+
+
+def load(config: dict) -> tuple[ScaleConfig, Sweep, str]:
+    """Scale config named by ``config['scale']`` (default toy) or ``config['scale_config']`` (a path), with
+    the overridable keys taken from Snakemake's --config; returns (scale, sweep, tracking URI)."""
+    scale_name = config.get("scale", "toy")
+    path = config.get("scale_config", f"configs/scales/{scale_name}.yaml")
+    bad = set(config) - {"scale", "scale_config", *OVERRIDABLE}
+    if bad:
+        raise ConfigError(f"unknown --config key(s) {sorted(bad)}; valid: scale, scale_config, {', '.join(OVERRIDABLE)}")
+    S = load_scale(path)
+    over = {k: config[k] for k in OVERRIDABLE if k in config}
+    if over:
+        from pydantic import ValidationError
+        from sim_core.config import _format_error
+        try:
+            S = ScaleConfig.model_validate({**S.model_dump(), **over})
+        except ValidationError as e:
+            raise ConfigError(f"bad --config override: {_format_error(e)}") from None
+    uri = S.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
+        f"sqlite:///{(Path(S.results_dir) / 'mlflow.db').resolve()}"
+    return S, expand(S), uri
+
+
+def launch_asset(S: ScaleConfig, name: str, out: str):
+    from .jobs import build_asset
+    from .launch import submit_and_wait
+    return submit_and_wait(build_asset, (name, S.assets[name].model_dump(), out), f"asset-{name}",
+                           Path(S.results_dir) / "submitit" / "assets", S.executor, S.resources.get("teacher"),
+                           job_files=[str(Path(out).with_suffix(".job.json"))])
+
+
+def launch_group(S: ScaleConfig, SW: Sweep, group: str, uri: str):
+    from .jobs import run_group
+    from .launch import submit_and_wait
+    specs = [asdict(SW.runs[n]) for n in SW.groups[group]]
+    result = submit_and_wait(run_group, (specs, uri, S.final_eval_seeds), f"distill-{group}",
+                             Path(S.results_dir) / "submitit" / "distill", S.executor, S.resources.get("distill"),
+                             job_files=[str(Path(s["run_dir"]) / "job.json") for s in specs])
+    for rec in result:
+        if rec["status"] not in ("finished", "diverged"):
+            raise RuntimeError(f"run {rec['name']} ended with status {rec['status']}")
+    return result
+
+
+def launch_teacher_rows(S: ScaleConfig, SW: Sweep, experiment: str, uri: str, out: str):
+    from .jobs import teacher_rows
+    from .launch import submit_and_wait
+    return submit_and_wait(teacher_rows, (SW.teacher_rows[experiment], uri, S.base.get("eval", {}), out),
+                           f"teacher-rows-{experiment}", Path(S.results_dir) / "submitit" / "teacher_rows",
+                           S.executor, S.resources.get("teacher_rows"), job_files=[out + ".job.json"])
+
+
+def write_manifest(S: ScaleConfig, SW: Sweep, experiment: str, out: str) -> list[dict]:
+    """One record per (run, membership in this experiment) with its MLflow run id, plus the teacher rows."""
+    records = []
+    for run in SW.experiment_runs(experiment):
+        done = json.loads((Path(run.run_dir) / "done.json").read_text())
+        for m in run.memberships:
+            if m["experiment"] == experiment:
+                records.append({**m, "name": run.name, "run_id": done["run_id"]})
+    rows_file = Path(S.results_dir) / "teacher_rows" / f"{experiment}.json"
+    if experiment in SW.teacher_rows and rows_file.exists():
+        for rec in json.loads(rows_file.read_text()):
+            records.append({k: v for k, v in rec.items() if k not in ("final", "teacher", "classifier")} | {"name": f"teacher-nfe{rec['nfe']}-s{rec['seed']}"})
+    atomic_write_json(out, records)
+    return records
+
+
+def track_store(uri: str, out: str) -> None:
+    """Create the sqlite store once (several jobs creating it at once fail), or check that a server answers."""
+    from sim_core.tracking import check_tracking
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    check_tracking(uri)
+    atomic_write_json(out, {"tracking_uri": uri})

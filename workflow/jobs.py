@@ -1,0 +1,113 @@
+"""What a submitit job runs: toy assets, a group of distillation runs (each tracked in MLflow and evaluated
+at the end), and the teacher rows. Imported inside the job's own process."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from sim_core.checkpoint import atomic_write_json
+
+
+def _job_id() -> str:
+    try:
+        import submitit
+        return str(submitit.JobEnvironment().job_id)
+    except Exception:
+        return os.environ.get("SLURM_JOB_ID", "")
+
+
+def build_asset(name: str, spec: dict, out: str, threads: int = 1) -> dict:
+    import torch
+    torch.set_num_threads(threads)
+    if spec["kind"] == "classifier":
+        from sim_core.toy.classifier import save_classifier, train_classifier
+        model, acc = train_classifier(seed=spec.get("seed", 0))
+        save_classifier(model, out, test_accuracy=acc)
+        return {"test_accuracy": acc}
+    from sim_core.toy_assets import build_toy_teacher
+    over = {k: spec[k] for k in ("iterations", "batch_size") if spec.get(k) is not None}
+    return build_toy_teacher(spec["testbed"], out, conditional=spec.get("conditional", False),
+                             seed=spec.get("seed", 0), **over)
+
+
+def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int], threads: int = 1) -> list[dict]:
+    """Train (or resume, or skip if done) each run, evaluate its final EMA generator, log it all to MLflow."""
+    import torch
+    torch.set_num_threads(threads)
+    from sim_core.config import parse_config
+    from sim_core.evaluate import evaluate_snapshot, latest_snapshot
+    from sim_core.provenance import git_state
+    from sim_core.tracking import MLflowTracker
+    from sim_core.train import distill, read_metrics
+    out = []
+    for spec in specs:
+        cfg = parse_config(spec["config"])
+        run_dir = Path(spec["run_dir"])
+        done = run_dir / "done.json"
+        if done.exists():
+            out.append(json.loads(done.read_text()))
+            continue
+        experiments = sorted({m["experiment"] for m in spec["memberships"]})
+        tags = dict(config_hash=cfg.hash(), git_commit=git_state().get("commit") or "", scale=cfg.scale,
+                    status="running", job_id=_job_id(), experiments=",".join(experiments), testbed=cfg.testbed.kind,
+                    method=cfg.method.name, run_dir=str(run_dir.resolve()))
+
+        def tracker():
+            return MLflowTracker(run_dir, tracking_uri, spec["owner"], spec["name"], cfg.to_dict(), tags)
+        status = distill(cfg, run_dir, tracker_factory=tracker)
+        tr = tracker()
+        final = {}
+        if status["status"] == "finished":
+            final = evaluate_snapshot(cfg, latest_snapshot(run_dir), final_eval_seeds)
+            tr.log_metrics({f"final/{k}": v for k, v in final.items()}, step=cfg.train.iterations)
+        tr.log_artifacts(run_dir / "samples")
+        tr.finish(status)
+        record = {**status, "name": spec["name"], "run_id": tr.run_id, "final": final,
+                  "job_id": _job_id(), "metrics_logged": len(read_metrics(run_dir))}
+        atomic_write_json(done, record)
+        out.append(record)
+    return out
+
+
+def teacher_rows(records: list[dict], tracking_uri: str, eval_cfg: dict, out: str, threads: int = 1) -> list[dict]:
+    """The teacher's own EDM Heun sampler at each NFE and seed, evaluated like the distilled generators;
+    one MLflow run per (NFE, seed) in the experiment of the table."""
+    import torch
+    torch.set_num_threads(threads)
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+    from sim_core.config import EvalConfig
+    from sim_core.sampler import heun_sampler
+    from sim_core.tracking import ensure_experiment
+    from sim_core.testbeds import load_testbed
+    from sim_core.config import TestbedConfig
+    ecfg = EvalConfig(**eval_cfg)
+    client = MlflowClient(tracking_uri)
+    done = []
+    for rec in records:
+        kind, conditional = ("digits", rec["testbed"] == "digits_cond") if rec["testbed"] != "gmm" else ("gmm", False)
+        tb_cfg = TestbedConfig(kind=kind, teacher=rec["teacher"], conditional=conditional,
+                               classifier=rec["classifier"])
+        tb = load_testbed(tb_cfg)
+        g = torch.Generator().manual_seed(10_000 + rec["seed"])
+        latents = torch.randn((ecfg.num_samples, *tb.data_shape), generator=g)
+        labels = None
+        if tb.label_dim:
+            labels = torch.nn.functional.one_hot(torch.randint(0, tb.label_dim, (ecfg.num_samples,), generator=g),
+                                                 tb.label_dim).float()
+        x = heun_sampler(tb.D_teacher, latents, labels, num_steps=(rec["nfe"] + 1) // 2)
+        metrics = tb.metrics(x, labels, ecfg)
+        exp_id = ensure_experiment(client, rec["experiment"], tracking_uri)
+        run = client.create_run(exp_id, run_name=f"teacher-nfe{rec['nfe']}-s{rec['seed']}",
+                                tags={"status": "finished", "kind": "teacher", "scale": rec["scale"]})
+        client.log_batch(run.info.run_id,
+                         metrics=[Metric(f"final/{k}", float(v), 0, 0) for k, v in metrics.items()
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool)],
+                         params=[Param("nfe", str(rec["nfe"])), Param("seed", str(rec["seed"])),
+                                 Param("teacher", rec["teacher"])],
+                         tags=[RunTag("experiments", rec["experiment"])])
+        client.set_terminated(run.info.run_id)
+        done.append({**rec, "run_id": run.info.run_id, "final": metrics})
+    atomic_write_json(out, done)
+    return done

@@ -1,0 +1,52 @@
+"""Every training and evaluation job goes through submitit: on this machine (cluster='local') by default,
+on SLURM with the slurm profile. Each run directory records its job id, so a DAG restarted while SLURM jobs
+run waits for them instead of submitting duplicates."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from sim_core.checkpoint import atomic_write_json
+
+ACTIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}
+
+
+def _reattach(job_files, folder, cluster):
+    """A still-running SLURM job recorded in one of the run directories, or None."""
+    if cluster != "slurm":
+        return None  # a local job died with the process that waited on it; the new job resumes its checkpoints
+    import submitit
+    for f in job_files:
+        if Path(f).exists():
+            info = json.loads(Path(f).read_text())
+            if info.get("cluster") == "slurm":
+                job = submitit.SlurmJob(folder=info["folder"], job_id=info["job_id"])
+                if job.state in ACTIVE_SLURM_STATES:
+                    return job
+    return None
+
+
+def submit_and_wait(fn, args: tuple, name: str, folder, cluster: str = "local", resources=None, job_files=()):
+    """Run fn(*args) as a submitit job and return its result; a remote failure raises with its traceback."""
+    import submitit
+    folder = Path(folder)
+    job = _reattach(job_files, folder, cluster)
+    if job is None:
+        ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
+        params = dict(timeout_min=resources.timeout_min if resources else 60, name=name)
+        if cluster == "slurm" and resources is not None:
+            params.update(cpus_per_task=resources.cpus_per_task, mem_gb=resources.mem_gb,
+                          gpus_per_node=resources.gpus_per_node)
+            if resources.partition:
+                params["slurm_partition"] = resources.partition
+            if resources.account:
+                params["slurm_account"] = resources.account
+        ex.update_parameters(**params)
+        job = ex.submit(fn, *args)
+        record = {"job_id": str(job.job_id), "cluster": cluster, "folder": str(folder.resolve()),
+                  "submitted": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for f in job_files:
+            Path(f).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(f, record)
+    return job.result()

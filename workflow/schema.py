@@ -1,0 +1,112 @@
+"""Schema of a scale's sweep config (configs/scales/*.yaml): validated when the DAG is built, so a typo or a
+bad value fails before anything runs, with one line naming the key."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sim_core.config import ConfigError, _format_error
+
+EXPERIMENTS = ("table1", "table2", "figure2", "lr_sweep")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AssetSpec(_Strict):
+    kind: Literal["teacher", "classifier"]
+    testbed: Optional[Literal["gmm", "digits"]] = None
+    conditional: bool = False
+    iterations: Optional[int] = Field(None, ge=1)
+    batch_size: Optional[int] = Field(None, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _teacher_has_testbed(self):
+        if self.kind == "teacher" and self.testbed is None:
+            raise ValueError("a teacher asset needs a testbed")
+        return self
+
+
+class Row(_Strict):
+    label: str
+    method: dict                       # the RunConfig 'method' section
+    overrides: dict = Field(default_factory=dict)  # any other RunConfig values for this row
+
+
+class Experiment(_Strict):
+    testbed: Literal["gmm", "digits", "digits_cond"]
+    lrs: list[float] = Field(..., min_length=1)    # each used for both networks (as Table 5)
+    seeds: list[int] = Field(..., min_length=1)
+    rows: list[Row] = Field(..., min_length=1)
+    teacher_nfe: list[int] = Field(default_factory=list)   # teacher rows: EDM Heun sampler at these NFE
+    teacher_seeds: list[int] = Field(default_factory=lambda: [0])
+
+    @field_validator("lrs")
+    @classmethod
+    def _lrs(cls, v):
+        if not all(lr > 0 for lr in v):
+            raise ValueError(f"learning rates must be > 0, got {v}")
+        return v
+
+    @field_validator("teacher_nfe")
+    @classmethod
+    def _nfe(cls, v):
+        if not all(n >= 1 and n % 2 == 1 for n in v):
+            raise ValueError(f"Heun NFE must be odd and >= 1 (NFE = 2 steps - 1), got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _labels_unique(self):
+        labels = [r.label for r in self.rows]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"row labels must be unique, got {labels}")
+        return self
+
+
+class Resources(_Strict):
+    """Per-job resources, used by the SLURM executor (the local one ignores them)."""
+    timeout_min: int = Field(60, ge=1)
+    cpus_per_task: int = Field(1, ge=1)
+    gpus_per_node: int = Field(0, ge=0)
+    mem_gb: float = Field(4, gt=0)
+    partition: Optional[str] = None
+    account: Optional[str] = None
+
+
+class ScaleConfig(_Strict):
+    scale: Literal["smoke", "toy", "paper"]
+    results_dir: str = "results"
+    tracking_uri: Optional[str] = None      # None: sqlite:///<results_dir>/mlflow.db, created once before jobs
+    executor: Literal["local", "slurm"] = "local"
+    runs_per_job: int = Field(1, ge=1)      # sweep points run one after another in one submitit job
+    final_eval_seeds: list[int] = Field(default_factory=lambda: [1000])
+    assets: dict[str, AssetSpec]
+    base: dict = Field(default_factory=dict)  # merged into every run's config
+    experiments: dict[str, Experiment]
+    resources: dict[str, Resources] = Field(default_factory=dict)  # keys: teacher, distill, teacher_rows
+
+    @model_validator(mode="after")
+    def _known_experiments(self):
+        bad = set(self.experiments) - set(EXPERIMENTS)
+        if bad:
+            raise ValueError(f"unknown experiment(s) {sorted(bad)}; valid names: {', '.join(EXPERIMENTS)}")
+        return self
+
+
+def load_scale(path) -> ScaleConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"scale config not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"scale config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    try:
+        return ScaleConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"bad scale config {path}: {_format_error(e)}") from None
