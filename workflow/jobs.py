@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from sim_core.checkpoint import atomic_write_json
@@ -55,16 +56,21 @@ def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int],
 
         def tracker():
             return MLflowTracker(run_dir, tracking_uri, spec["owner"], spec["name"], cfg.to_dict(), tags)
+        t0 = time.perf_counter()
         status = distill(cfg, run_dir, tracker_factory=tracker)
+        t1 = time.perf_counter()
         tr = tracker()
         final = {}
         if status["status"] == "finished":
             final = evaluate_snapshot(cfg, latest_snapshot(run_dir), final_eval_seeds)
+        t2 = time.perf_counter()
             tr.log_metrics({f"final/{k}": v for k, v in final.items()}, step=cfg.train.iterations)
         tr.log_artifacts(run_dir / "samples")
         tr.finish(status)
         record = {**status, "name": spec["name"], "run_id": tr.run_id, "final": final,
-                  "job_id": _job_id(), "metrics_logged": len(read_metrics(run_dir))}
+                  "job_id": _job_id(), "metrics_logged": len(read_metrics(run_dir)),
+                  "seconds": {"distill": round(t1 - t0, 3), "final_eval": round(t2 - t1, 3),
+                              "tracking_finish": round(time.perf_counter() - t2, 3)}}
         atomic_write_json(done, record)
         out.append(record)
     return out
