@@ -187,7 +187,7 @@ def test_our_rows_carry_the_corresponding_paper_fid(out):
 def test_flags_check_the_papers_claims(out):
     flags1 = _row(_table(out, "table1"), "SIM")["flag"].split("; ")
     assert flags1 == ["agrees with paper: SIM better than SiD (alpha=1.0), 95% CIs disjoint",
-                      "contradicts paper: SIM worse than DI"]
+                      "contradicts paper: SIM worse than DI, 95% CIs disjoint"]
     flag2 = _row(_table(out, "table2"), "SIM")["flag"]
     assert flag2 == "consistent but not significant: SIM better than SiD (alpha=1.0), 95% CIs overlap"
     assert _table(out, "table1")["flag"].notna().sum() == 1
@@ -309,3 +309,14 @@ def test_bad_arguments_raise_value_error(store):
         agg.tables("table3", store.records, store.uri, "/nonexistent")
     with pytest.raises(ValueError, match="no runs for experiment"):
         agg.figure2([r for r in store.records if r["experiment"] == "table1"], store.uri, "/nonexistent")
+
+
+def test_claim_flag_says_whether_a_contradiction_is_significant():
+    from workflow.aggregate import claim_flag
+    sim = {"n": 3, "mean": 5.0, "half": 2.0}
+    assert claim_flag(sim, {"n": 3, "mean": 4.0, "half": 1.5}, "SiD") == \
+        "contradicts paper: SIM worse than SiD (95% CIs overlap: not significant)"
+    assert claim_flag(sim, {"n": 3, "mean": 1.0, "half": 0.5}, "SiD") == \
+        "contradicts paper: SIM worse than SiD, 95% CIs disjoint"
+    assert claim_flag(sim, {"n": 1, "mean": 4.0, "half": float("nan")}, "DI") == \
+        "contradicts paper: SIM worse than DI (too few seeds for a 95% CI)"

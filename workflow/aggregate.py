@@ -263,7 +263,11 @@ def claim_flag(sim: dict, other: dict, other_label: str) -> str:
     if other is None or other["n"] == 0:
         return f"not checked vs {other_label}: no finished {other_label} seeds"
     if sim["mean"] > other["mean"]:
-        return f"contradicts paper: SIM worse than {other_label}"
+        if math.isnan(sim["half"]) or math.isnan(other["half"]):
+            return f"contradicts paper: SIM worse than {other_label} (too few seeds for a 95% CI)"
+        if sim["mean"] - sim["half"] > other["mean"] + other["half"]:
+            return f"contradicts paper: SIM worse than {other_label}, 95% CIs disjoint"
+        return f"contradicts paper: SIM worse than {other_label} (95% CIs overlap: not significant)"
     if sim["mean"] == other["mean"]:
         return f"contradicts paper: SIM no better than {other_label}"
     if math.isnan(sim["half"]) or math.isnan(other["half"]):

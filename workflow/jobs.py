@@ -57,13 +57,19 @@ def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int],
         def tracker():
             return MLflowTracker(run_dir, tracking_uri, spec["owner"], spec["name"], cfg.to_dict(), tags)
         t0 = time.perf_counter()
-        status = distill(cfg, run_dir, tracker_factory=tracker)
-        t1 = time.perf_counter()
-        tr = tracker()
-        final = {}
-        if status["status"] == "finished":
-            final = evaluate_snapshot(cfg, latest_snapshot(run_dir), final_eval_seeds)
+        try:
+            status = distill(cfg, run_dir, tracker_factory=tracker)
+            t1 = time.perf_counter()
+            tr = tracker()
+            final = {}
+            if status["status"] == "finished":
+                final = evaluate_snapshot(cfg, latest_snapshot(run_dir), final_eval_seeds)
+        except Exception:
+            if (run_dir / "mlflow.json").exists():  # the MLflow run says 'failed'; the traceback reaches Snakemake
+                tracker().finish({"status": "failed"})
+            raise
         t2 = time.perf_counter()
+        if final:
             tr.log_metrics({f"final/{k}": v for k, v in final.items()}, step=cfg.train.iterations)
         tr.log_artifacts(run_dir / "samples")
         tr.finish(status)

@@ -36,6 +36,7 @@ class Row(_Strict):
     label: str
     method: dict                       # the RunConfig 'method' section
     overrides: dict = Field(default_factory=dict)  # any other RunConfig values for this row
+    seeds: Optional[list[int]] = None  # None: the experiment's seeds
 
 
 class Experiment(_Strict):

@@ -88,7 +88,7 @@ def expand(scale: ScaleConfig) -> Sweep:
         asset, conditional, dataset = TESTBEDS[exp.testbed]
         for row in exp.rows:
             for lr in exp.lrs:
-                for seed in exp.seeds:
+                for seed in (row.seeds if row.seeds is not None else exp.seeds):
                     testbed = {"kind": "gmm" if exp.testbed == "gmm" else "digits",
                                "teacher": asset_path(scale, asset), "conditional": conditional}
                     if testbed["kind"] == "digits":
