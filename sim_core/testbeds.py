@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, atomic_savefig
 from .generator import random_labels
 from .teacher import load_teacher
 
@@ -77,7 +77,7 @@ class GMMTestbed(Testbed):
         ax.set_aspect("equal")
         ax.legend(loc="upper right", fontsize=7, markerscale=4)
         ax.set_title(Path(path).stem, fontsize=8)
-        _save_figure(fig, path)
+        atomic_savefig(fig, path)
         plt.close(fig)
 
 
@@ -114,14 +114,6 @@ class DigitsTestbed(Testbed):
         x = torch.nn.functional.interpolate((x.clamp(-1, 1) + 1) / 2, scale_factor=4, mode="nearest")
         save_image(x, tmp, nrow=10, padding=2)
         tmp.replace(path)
-
-
-def _save_figure(fig, path):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp" + path.suffix)
-    fig.savefig(tmp)
-    tmp.replace(path)
 
 
 def load_testbed(tb_cfg) -> Testbed:

@@ -13,19 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from sim_core.checkpoint import atomic_savefig, atomic_write_text
+
 PAPER_DIR = Path(__file__).resolve().parent / "paper"
 PAPER_CSV = {"table1": "table1_cifar10_uncond.csv", "table2": "table2_cifar10_cond.csv"}
 PAPER_TITLE = {"table1": "Table 1 (paper: CIFAR-10 unconditional)", "table2": "Table 2 (paper: CIFAR-10 class-conditional)"}
-EXPERIMENTS = ("table1", "table2", "figure2", "lr_sweep")
+from workflow.schema import EXPERIMENTS  # noqa: E402  (one list of experiment names)
 METHODS = ("sim", "sid", "di", "teacher")
 REQUIRED_KEYS = ("name", "experiment", "label", "method", "seed", "run_id")
 # testbed -> (headline metric, second metric), logged as eval/<key> and final/<key>
@@ -408,38 +408,10 @@ def _out_dir(out_dir) -> Path:
     return path
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write text to a temp file beside `path`, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_savefig(fig, path: Path) -> Path:
-    """Save a figure to a temp file with the same extension beside `path`, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format=path.suffix.lstrip("."), bbox_inches="tight", dpi=150)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _save_figure(fig, out_dir, stem: str) -> list[Path]:
     """Write out_dir/<stem>.png and .pdf."""
     out = _out_dir(out_dir)
-    return [atomic_savefig(fig, out / f"{stem}{ext}") for ext in (".png", ".pdf")]
+    return [atomic_savefig(fig, out / f"{stem}{ext}", bbox_inches="tight", dpi=150) for ext in (".png", ".pdf")]
 
 
 # ------------------------------------------------------------------------------------------------ figures

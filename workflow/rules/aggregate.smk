@@ -1,4 +1,6 @@
 # Aggregation into the paper's tables and figures, reading MLflow; one target per table/figure.
+# Each runs `python -m workflow.aggregate` in its own process: matplotlib is not thread-safe, and Snakemake
+# runs local `run:` blocks as threads of its own process.
 
 def experiment_inputs(experiment):
     files = SW.done_files(experiment) + [f"{R}/tracking.json"]
@@ -7,41 +9,40 @@ def experiment_inputs(experiment):
     return files
 
 
+def aggregate(target, experiment, out_dir):
+    manifest = f"{R}/manifests/{target}.json"
+    dag.write_manifest(S, SW, experiment, manifest)
+    shell(f"{sys.executable} -m workflow.aggregate {target} --manifest {manifest} "
+          f"--tracking-uri '{TRACKING_URI}' --out-dir {out_dir} > /dev/null")
+
+
 rule aggregate_table:
     input: lambda w: experiment_inputs(w.table)
     output: f"{R}/tables/{{table}}.csv", f"{R}/tables/{{table}}.md", f"{R}/tables/{{table}}.tex"
     wildcard_constraints: table="table1|table2"
     run:
-        from workflow import aggregate
-        records = dag.write_manifest(S, SW, wildcards.table, f"{R}/manifests/{wildcards.table}.json")
-        aggregate.tables(wildcards.table, records, TRACKING_URI, f"{R}/tables")
+        aggregate(wildcards.table, wildcards.table, f"{R}/tables")
 
 
 rule aggregate_figure2:
     input: experiment_inputs("figure2")
     output: figure_files("figure2")
     run:
-        from workflow import aggregate
-        records = dag.write_manifest(S, SW, "figure2", f"{R}/manifests/figure2.json")
-        aggregate.figure2(records, TRACKING_URI, f"{R}/figures")
+        aggregate("figure2", "figure2", f"{R}/figures")
 
 
 rule aggregate_fid_convergence:
     input: experiment_inputs("figure2")
     output: figure_files("fid_convergence")
     run:
-        from workflow import aggregate
-        records = dag.write_manifest(S, SW, "figure2", f"{R}/manifests/fid_convergence.json")
-        aggregate.fid_convergence(records, TRACKING_URI, f"{R}/figures")
+        aggregate("fid_convergence", "figure2", f"{R}/figures")
 
 
 rule aggregate_lr_sweep:
     input: experiment_inputs("lr_sweep")
     output: figure_files("lr_sweep")
     run:
-        from workflow import aggregate
-        records = dag.write_manifest(S, SW, "lr_sweep", f"{R}/manifests/lr_sweep.json")
-        aggregate.lr_sweep_figure(records, TRACKING_URI, f"{R}/figures")
+        aggregate("lr_sweep", "lr_sweep", f"{R}/figures")
 
 
 rule table1:
