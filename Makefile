@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest -n 2 -q
+	$(VENV)/bin/python -m pytest -n 2 --dist loadfile -q
 
 # The toy assets are built by the DAG's asset rule (configs/scales/toy.yaml), so both paths share them.
 ASSET_FILES := $(addprefix $(ASSETS)/,teacher_gmm.pt teacher_digits.pt teacher_digits_cond.pt classifier.pt)

@@ -50,12 +50,12 @@ def main():
     groups = [g for g in SW.groups if g.startswith(a.experiment + "-")]
     if not groups:
         sys.exit(f"error: experiment {a.experiment!r} has no runs at scale {a.scale}")
-    snake = [sys.executable, "-m", "snakemake", "--cores", "1", "--quiet", "all"]
+    snakemake = [sys.executable, "-m", "snakemake"]
     config = ["--config", f"scale={a.scale}", f"results_dir={dag_dir}"]
     assets = sorted({SW.runs[n].config["testbed"][k] for g in groups for n in SW.groups[g]
                      for k in ("teacher", "classifier") if SW.runs[n].config["testbed"].get(k)})
     print(f"building assets once: {[Path(p).name for p in assets]}", flush=True)
-    subprocess.run([*snake[:3], *assets, "--cores", "2", "--quiet", "all", *config, f"{dag_dir}/tracking.json"],
+    subprocess.run([*snakemake, *assets, f"{dag_dir}/tracking.json", "--cores", "2", "--quiet", "all", *config],
                    cwd=ROOT, check=True)
     shutil.copytree(dag_dir / "assets", bare_dir / "assets")
 
@@ -64,7 +64,7 @@ def main():
     bare = time.perf_counter() - t0
     targets = [f"distill_{g.replace('-', '_')}" for g in groups]
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "snakemake", *targets, "--cores", "1", "--quiet", "all", *config],
+    subprocess.run([*snakemake, *targets, "--cores", "1", "--quiet", "all", *config],
                    cwd=ROOT, check=True)
     harness = time.perf_counter() - t0
     n_runs = sum(len(SW.groups[g]) for g in groups)
