@@ -184,14 +184,19 @@ def set_path(data: dict, dotted: str, value) -> None:
     cur[keys[-1]] = value
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+def read_yaml(path: str | Path, what: str = "config") -> dict:
+    """A YAML file as a dict; a missing or unparsable file is one ConfigError line."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    data = read_yaml(path)
     for ov in overrides or []:
         if "=" not in ov:
             raise ConfigError(f"bad override {ov!r}: expected key=value")

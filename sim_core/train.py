@@ -48,13 +48,15 @@ def _all_finite(tensors) -> bool:
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line, buffered and appended in batches."""
+    """metrics.jsonl: one JSON object per line, buffered and appended in batches. ``unsynced`` holds the
+    records the tracker has not acknowledged yet, so a sync never re-reads the file."""
 
     def __init__(self, path: Path):
-        self.path, self.buffer = path, []
+        self.path, self.buffer, self.unsynced = path, [], []
 
     def add(self, record: dict) -> None:
         self.buffer.append(record)
+        self.unsynced.append(record)
 
     def flush(self) -> None:
         if self.buffer:
@@ -63,11 +65,11 @@ class MetricsLog:
             self.buffer = []
 
     def truncate_after(self, step: int) -> None:
-        """On resume: drop records logged after the checkpoint, so the history has no duplicated steps."""
-        if not self.path.exists():
-            return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        atomic_write_text(self.path, "".join(line + "\n" for line in keep))
+        """On resume: drop records logged after the checkpoint, so the history has no duplicated steps. The
+        records kept become ``unsynced``: the tracker skips those it already holds (up to its synced step)."""
+        self.unsynced = [r for r in read_metrics(self.path.parent) if r["step"] <= step]
+        if self.path.exists():
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.unsynced))
 
 
 def read_metrics(run_dir) -> list[dict]:
@@ -162,8 +164,9 @@ class Distiller:
     def sync_tracker(self) -> None:
         """Send the metrics up to the current step to the tracker (after a checkpoint: never past it)."""
         if self.tracker is not None:
-            self.metrics.flush()
-            self.tracker.log_records(read_metrics(self.run_dir), self.step)
+            self.tracker.log_records(self.metrics.unsynced, self.step)
+            if self.tracker.synced_step == self.step:  # acknowledged; on failure the next sync retries
+                self.metrics.unsynced = []
 
     def try_resume(self) -> bool:
         path = self.run_dir / "checkpoint.pt"
@@ -226,9 +229,8 @@ class Distiller:
                 for _ in range(cfg.online.steps_per_iter):
                     loss_online = self.online_step()
                 loss_gen = self.generator_step()
-                finite = bool(loss_online.isfinite() and loss_gen.isfinite())
-                if finite:
-                    finite = _all_finite(list(self.G.parameters()) + list(self.D_fake.parameters()))
+                losses_finite = bool(loss_online.isfinite() and loss_gen.isfinite())
+                finite = losses_finite and _all_finite(list(self.G.parameters()) + list(self.D_fake.parameters()))
                 self.step += 1
                 self.nimg += cfg.optim.batch_size  # kimg counts generator images per iteration (as SiD)
                 if not finite:
@@ -237,8 +239,7 @@ class Distiller:
                                           loss_gen=float(loss_gen)))
                     self.sync_tracker()
                     return self._status("diverged", diverged_at=self.step,
-                                        reason="non-finite loss" if not (loss_online.isfinite() and loss_gen.isfinite())
-                                        else "non-finite parameter")
+                                        reason="non-finite parameter" if losses_finite else "non-finite loss")
                 ema_update(self.G_ema, self.G, ema_beta(self.nimg, cfg.optim.batch_size, cfg.ema.halflife_kimg,
                                                         cfg.ema.rampup_ratio))
                 if self._every(tc.log_every) or self.step == tc.iterations:

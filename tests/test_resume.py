@@ -111,3 +111,36 @@ def test_run_dir_records_provenance(tmp_path, gmm_teacher):
     assert len(prov["teacher_sha256"]) == 64
     assert (tmp_path / "r" / "snapshots" / "ema-00000002.pt").exists()
     assert (tmp_path / "r" / "samples" / "step-00000002.png").exists()
+
+
+def test_resumed_run_continues_one_mlflow_history(tmp_path, gmm_teacher):
+    """Interrupted at step 7 and resumed: one MLflow run, every logged step exactly once, the same values as
+    the JSONL file (the tracker is synced only up to each checkpoint)."""
+    from mlflow.tracking import MlflowClient
+    from sim_core.tracking import MLflowTracker
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = parse_config(gmm_config(gmm_teacher, train=dict(iterations=12, log_every=1, eval_every=5,
+                                                          checkpoint_every=4)))
+    run_dir = tmp_path / "r"
+
+    def tracker():
+        return MLflowTracker(run_dir, uri, "resume", "r", cfg.to_dict(), {"status": "running"})
+    prepare_run_dir(cfg, run_dir)
+    d = Distiller(cfg, run_dir, load_testbed(cfg.testbed), tracker=tracker())
+    orig = d.generator_step
+
+    def step_and_signal():
+        loss = orig()
+        if d.step + 1 == 7:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return loss
+    d.generator_step = step_and_signal
+    assert d.run()["status"] == "interrupted"
+    assert distill(cfg, run_dir, tracker_factory=tracker)["status"] == "finished"
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
+    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss_gen")]
+    expected = [(r["step"], r["loss_gen"]) for r in read_metrics(run_dir) if "loss_gen" in r]
+    assert [s for s, _ in history] == list(range(1, 13))
+    assert sorted(history) == expected
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/fd")] == [0, 5, 10, 12]

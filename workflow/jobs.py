@@ -89,11 +89,10 @@ def teacher_rows(records: list[dict], tracking_uri: str, eval_cfg: dict, out: st
     torch.set_num_threads(threads)
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
-    from sim_core.config import EvalConfig
+    from sim_core.config import EvalConfig, TestbedConfig
     from sim_core.sampler import heun_sampler
-    from sim_core.tracking import ensure_experiment
     from sim_core.testbeds import load_testbed
-    from sim_core.config import TestbedConfig
+    from sim_core.tracking import ensure_experiment
     ecfg = EvalConfig(**eval_cfg)
     client = MlflowClient(tracking_uri)
     done = []

@@ -2,13 +2,11 @@
 bad value fails before anything runs, with one line naming the key."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sim_core.config import ConfigError, _format_error
+from sim_core.config import ConfigError, _format_error, read_yaml
 
 EXPERIMENTS = ("table1", "table2", "figure2", "lr_sweep")
 
@@ -100,13 +98,7 @@ class ScaleConfig(_Strict):
 
 
 def load_scale(path) -> ScaleConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"scale config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"scale config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = read_yaml(path, "scale config")
     try:
         return ScaleConfig.model_validate(data)
     except ValidationError as e:
