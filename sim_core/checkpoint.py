@@ -12,8 +12,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import torch
-
 
 class CheckpointError(ValueError):
     """A missing, corrupt or foreign checkpoint/teacher file."""
@@ -63,6 +61,7 @@ def atomic_write_json(path: str | Path, obj) -> None:
 
 def atomic_torch_save(obj, path: str | Path) -> str:
     """torch.save atomically; returns the SHA-256 of the bytes written."""
+    import torch  # here, not at the top: the Snakemake process writes JSON through this module without torch
     buf = io.BytesIO()
     torch.save(obj, buf)
     data = buf.getvalue()
@@ -90,6 +89,7 @@ def load_checked(path: str | Path, what: str, fmt: str | None = None, sha256: st
         actual = sha256_file(path)
         if actual != sha256:
             raise CheckpointError(f"{what} {path}: SHA-256 {actual[:16]}... does not match the expected {sha256[:16]}...")
+    import torch
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, garbage bytes, foreign pickle

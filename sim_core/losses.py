@@ -32,12 +32,20 @@ class OnlineLoss:
         self.weighting_name = weighting
         self.weighting = get_weighting(weighting)
 
-    def __call__(self, D_fake, x0: torch.Tensor, class_labels, rng: torch.Generator) -> torch.Tensor:
+    def draw(self, n: int, shape, rng: torch.Generator, dtype=torch.float32, device="cpu"):
+        """t ~ p(t) and eps ~ N(0, I) for n samples (a data-parallel run draws the global batch and shards it)."""
+        sigma = self.time_dist.sample(n, rng, dtype=dtype, device=device)
+        eps = torch.randn((n, *shape), generator=rng, dtype=dtype).to(device)
+        return sigma, eps
+
+    def loss(self, D_fake, x0: torch.Tensor, class_labels, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         x0 = x0.detach()
-        sigma = self.time_dist.sample(x0.shape[0], rng, dtype=x0.dtype, device=x0.device)
-        eps = torch.randn(x0.shape, generator=rng, dtype=x0.dtype).to(x0.device)
         weight = sigma_view(self.weighting(sigma), x0).flatten()
         return edm_denoising_loss(D_fake, x0, sigma, eps, weight, class_labels)
+
+    def __call__(self, D_fake, x0: torch.Tensor, class_labels, rng: torch.Generator) -> torch.Tensor:
+        sigma, eps = self.draw(x0.shape[0], x0.shape[1:], rng, x0.dtype, x0.device)
+        return self.loss(D_fake, x0, class_labels, sigma, eps)
 
 
 @dataclass
@@ -49,6 +57,9 @@ class GeneratorDraw:
     @property
     def x_t_of(self):
         return lambda x0: add_noise(x0, self.sigma, self.eps)
+
+    def __getitem__(self, part: slice) -> "GeneratorDraw":
+        return GeneratorDraw(self.sigma[part], self.eps[part])
 
 
 class GeneratorLoss:
@@ -63,10 +74,13 @@ class GeneratorLoss:
         self.weighting_name = weighting
         self.weighting = get_weighting(weighting)
 
-    def draw(self, x0: torch.Tensor, rng: torch.Generator) -> GeneratorDraw:
-        sigma = self.time_dist.sample(x0.shape[0], rng, dtype=x0.dtype, device=x0.device)
-        eps = torch.randn(x0.shape, generator=rng, dtype=x0.dtype).to(x0.device)
+    def draw_for(self, n: int, shape, rng: torch.Generator, dtype=torch.float32, device="cpu") -> GeneratorDraw:
+        sigma = self.time_dist.sample(n, rng, dtype=dtype, device=device)
+        eps = torch.randn((n, *shape), generator=rng, dtype=dtype).to(device)
         return GeneratorDraw(sigma, eps)
+
+    def draw(self, x0: torch.Tensor, rng: torch.Generator) -> GeneratorDraw:
+        return self.draw_for(x0.shape[0], x0.shape[1:], rng, x0.dtype, x0.device)
 
     def loss(self, x0, class_labels, D_teacher, D_fake, draw: GeneratorDraw) -> torch.Tensor:
         raise NotImplementedError

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import queue
+import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 from .checkpoint import atomic_write_json
 
@@ -65,13 +68,14 @@ class MLflowTracker:
         from mlflow.entities import Param, RunTag
         from mlflow.tracking import MlflowClient
         self.run_dir, self.uri = Path(run_dir), tracking_uri
-        self.client = MlflowClient(tracking_uri)
         id_file = self.run_dir / "mlflow.json"
         try:
+            self.client = MlflowClient(tracking_uri)
             if id_file.exists():
                 self.run_id = json.loads(id_file.read_text())["run_id"]
                 run = self.client.get_run(self.run_id)
                 self.synced_step = int(run.data.tags.get("synced_step", -1))
+                self.pending = []
                 self.client.update_run(self.run_id, status="RUNNING")
                 return
             exp_id = ensure_experiment(self.client, experiment, tracking_uri)
@@ -87,24 +91,28 @@ class MLflowTracker:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise TrackingError(f"tracking store {tracking_uri}: {first}") from None
         self.synced_step = -1
+        self.pending: list[dict] = []  # records not yet acknowledged by the store (a failed sync retries them)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(id_file, {"run_id": self.run_id, "experiment": experiment, "tracking_uri": tracking_uri})
 
     def log_records(self, records: list[dict], up_to_step: int) -> None:
-        """Log the records with synced_step < step <= up_to_step, in batches; then remember up_to_step."""
+        """Take over ``records``; log those with synced_step < step <= up_to_step in batches, then remember
+        up_to_step. If the store fails, they stay pending and the next call retries them."""
         from mlflow.entities import Metric, RunTag
+        self.pending = self.pending + [r for r in records if r["step"] > self.synced_step]
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, int(r["step"])) for r in records
-                   if self.synced_step < r["step"] <= up_to_step
+        metrics = [Metric(k, float(v), now, int(r["step"])) for r in self.pending if r["step"] <= up_to_step
                    for k, v in r.items() if k not in ("step",) and isinstance(v, (int, float))
                    and not isinstance(v, bool) and math.isfinite(v)]
         try:
             for i in range(0, len(metrics), MAX_BATCH):
                 self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_BATCH])
             self.client.log_batch(self.run_id, tags=[RunTag("synced_step", str(up_to_step))])
-            self.synced_step = up_to_step
         except Exception as e:  # keep training: metrics.jsonl has everything, the next sync retries
             warnings.warn(f"MLflow logging failed, will retry at the next checkpoint: {str(e)[:200]}")
+            return
+        self.synced_step = up_to_step
+        self.pending = [r for r in self.pending if r["step"] > up_to_step]
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         """Log one set of values at ``step`` regardless of the sync point (the final evaluation)."""
@@ -130,3 +138,88 @@ class MLflowTracker:
         self.set_tags(**tags)
         state = {"finished": "FINISHED", "diverged": "FINISHED", "interrupted": "KILLED"}.get(status["status"], "FAILED")
         self.client.set_terminated(self.run_id, status=state)
+
+
+class TrackerThread:
+    """One worker thread that runs queued MLflow calls in order; the runs of a job share it, so one process
+    never talks to the store from two threads at once."""
+
+    def __init__(self):
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._work, name="mlflow-tracker", daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        while (call := self.queue.get()) is not None:
+            call()
+
+    def stop(self, timeout: float | None = None) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout)
+
+
+class BackgroundTracker:
+    """An MLflowTracker whose calls run in order on a worker thread, so that training never waits for MLflow:
+    a job's first run would otherwise wait ~2 s for `import mlflow` and the store's schema check, and every
+    checkpoint for a round trip to the store (benchmarks/bench_harness_overhead.py measures what is left).
+
+    Calls return at once. ``then(fn)`` queues ``fn(tracker)`` behind them (e.g. writing done.json once MLflow
+    holds everything). ``close()`` waits for this run's calls and raises the first error one of them met
+    (later calls of the run are then skipped). If the process dies before that, nothing that matters is lost:
+    metrics.jsonl keeps every record and the MLflow run's ``synced_step`` tag says where a resumed run must
+    continue."""
+
+    def __init__(self, *args, worker: TrackerThread | None = None, **kwargs):
+        self._own_worker = worker is None
+        self._worker = worker or TrackerThread()
+        self._error: BaseException | None = None
+        self.tracker: MLflowTracker | None = None
+        self.busy_seconds = 0.0  # time this run's MLflow calls took on the worker thread
+
+        def create():
+            self.tracker = MLflowTracker(*args, **kwargs)
+        self._submit(create)
+
+    def _submit(self, fn: Callable[[], None]) -> None:
+        def call():
+            if self._error is not None:
+                return
+            t0 = time.perf_counter()
+            try:
+                fn()
+            except BaseException as e:
+                self._error = e
+            self.busy_seconds += time.perf_counter() - t0
+        self._worker.queue.put(call)
+
+    def then(self, fn: Callable[[MLflowTracker], None]) -> None:
+        self._submit(lambda: fn(self.tracker))
+
+    def log_records(self, records: list[dict], up_to_step: int) -> None:
+        records = list(records)  # the caller clears its list once handed over
+        self.then(lambda t: t.log_records(records, up_to_step))
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        metrics = dict(metrics)
+        self.then(lambda t: t.log_metrics(metrics, step))
+
+    def set_tags(self, **tags) -> None:
+        self.then(lambda t: t.set_tags(**tags))
+
+    def log_artifacts(self, path) -> None:
+        self.then(lambda t: t.log_artifacts(path))
+
+    def finish(self, status: dict) -> None:
+        status = dict(status)
+        self.then(lambda t: t.finish(status))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Wait until this run's queued calls have run; raise the first error one of them met."""
+        done = threading.Event()
+        self._worker.queue.put(done.set)
+        if not done.wait(timeout):
+            raise TrackingError(f"MLflow calls still running after {timeout} s")
+        if self._own_worker:
+            self._worker.stop()
+        if self._error is not None:
+            raise self._error

@@ -25,6 +25,7 @@ import yaml
 
 from .checkpoint import CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text, load_checked
 from .config import RunConfig, parse_config
+from .distributed import DistEnv, from_environment
 from .ema import ema_beta, ema_update
 from .generator import OneStepGenerator, random_labels
 from .losses import OnlineLoss
@@ -49,26 +50,26 @@ def _all_finite(tensors) -> bool:
 
 class MetricsLog:
     """metrics.jsonl: one JSON object per line, buffered and appended in batches. ``unsynced`` holds the
-    records the tracker has not acknowledged yet, so a sync never re-reads the file."""
+    records not yet handed to the tracker, so a sync never re-reads the file."""
 
-    def __init__(self, path: Path):
-        self.path, self.buffer, self.unsynced = path, [], []
+    def __init__(self, path: Path, write: bool = True):
+        self.path, self.buffer, self.unsynced, self.write = path, [], [], write  # write: rank 0 only
 
     def add(self, record: dict) -> None:
         self.buffer.append(record)
         self.unsynced.append(record)
 
     def flush(self) -> None:
-        if self.buffer:
+        if self.buffer and self.write:
             with open(self.path, "a") as f:
                 f.write("".join(json.dumps(r) + "\n" for r in self.buffer))
             self.buffer = []
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop records logged after the checkpoint, so the history has no duplicated steps. The
-        records kept become ``unsynced``: the tracker skips those it already holds (up to its synced step)."""
+        records kept become ``unsynced``: the tracker skips those the store already holds (up to its synced step)."""
         self.unsynced = [r for r in read_metrics(self.path.parent) if r["step"] <= step]
-        if self.path.exists():
+        if self.path.exists() and self.write:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.unsynced))
 
 
@@ -80,12 +81,15 @@ def read_metrics(run_dir) -> list[dict]:
 class Distiller:
     """Owns the networks, optimisers, RNG and step counter of one run; ``run()`` trains to the end."""
 
-    def __init__(self, cfg: RunConfig, run_dir, testbed, evaluator: Optional[Callable] = None, tracker=None):
+    def __init__(self, cfg: RunConfig, run_dir, testbed, evaluator: Optional[Callable] = None, tracker=None,
+                 dist: Optional[DistEnv] = None):
         self.cfg, self.run_dir, self.tracker = cfg, Path(run_dir), tracker
+        self.dist = dist or DistEnv()
+        self.shard = self.dist.shard(cfg.optim.batch_size)  # this rank's part of every global batch
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.dtype = getattr(torch, cfg.dtype)
-        self.device = torch.device(cfg.device)
+        self.device = self.dist.device(cfg.device)
         self.testbed = tb = testbed
         self.data_shape, self.label_dim = tuple(tb.data_shape), tb.label_dim
         torch.manual_seed(cfg.seed)
@@ -102,40 +106,50 @@ class Distiller:
                                       cfg.online.weighting)
         self.rng = torch.Generator().manual_seed(cfg.seed)
         self.step, self.nimg = 0, 0
-        self.evaluator = evaluator if evaluator is not None else tb.evaluator(cfg.eval, self.device, self.dtype)
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.evaluator = None
+        if self.dist.is_main:  # rank 0 evaluates and writes; the others only train
+            self.evaluator = evaluator if evaluator is not None else tb.evaluator(cfg.eval, self.device, self.dtype)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", write=self.dist.is_main)
         self._stop_signal = None
 
     # ---- one iteration -------------------------------------------------------------------------------
-    def _draw(self, n):
+    def _draw(self):
+        """z and class labels of the global batch (every rank draws them all), cut to this rank's shard."""
+        n = self.cfg.optim.batch_size
         z = self.G.sample_z(n, self.data_shape, self.rng, self.dtype, self.device)
         labels = random_labels(n, self.label_dim, self.rng, self.dtype, self.device)
-        return z, labels
+        return z[self.shard], (labels[self.shard] if labels is not None else None)
+
+    def _update(self, loss_local: torch.Tensor, net: torch.nn.Module, opt: torch.optim.Optimizer) -> torch.Tensor:
+        """Mean of the shard losses over ranks; if finite everywhere, backward, average gradients, step."""
+        loss = self.dist.mean(loss_local.detach())
+        opt.zero_grad(set_to_none=True)
+        if loss.isfinite():
+            loss_local.backward()
+            self.dist.average_gradients(net)
+            opt.step()
+        return loss
 
     def online_step(self) -> torch.Tensor:
         """psi-step: theta frozen, DSM of D_psi on sg(g_theta(z)) (Algorithm 2, first half)."""
         self.D_fake.requires_grad_(True)
-        z, labels = self._draw(self.cfg.optim.batch_size)
+        z, labels = self._draw()
+        sigma, eps = self.online_loss.draw(self.cfg.optim.batch_size, self.data_shape, self.rng, self.dtype,
+                                           self.device)
         with torch.no_grad():
             x0 = self.G(z, labels)
-        loss = self.online_loss(self.D_fake, x0, labels, self.rng).mean()
-        self.opt_online.zero_grad(set_to_none=True)
-        if loss.isfinite():
-            loss.backward()
-            self.opt_online.step()
+        loss_local = self.online_loss.loss(self.D_fake, x0, labels, sigma[self.shard], eps[self.shard]).mean()
+        loss = self._update(loss_local, self.D_fake, self.opt_online)
         self.D_fake.requires_grad_(False)
-        return loss.detach()
+        return loss
 
     def generator_step(self) -> torch.Tensor:
         """theta-step: psi frozen, the method's generator loss (Algorithm 2, second half)."""
-        z, labels = self._draw(self.cfg.optim.batch_size)
+        z, labels = self._draw()
+        draw = self.gen_loss.draw_for(self.cfg.optim.batch_size, self.data_shape, self.rng, self.dtype, self.device)
         x0 = self.G(z, labels)
-        loss = self.gen_loss(x0, labels, self.D_teacher, self.D_fake, self.rng).mean()
-        self.opt_gen.zero_grad(set_to_none=True)
-        if loss.isfinite():
-            loss.backward()
-            self.opt_gen.step()
-        return loss.detach()
+        loss_local = self.gen_loss.loss(x0, labels, self.D_teacher, self.D_fake, draw[self.shard]).mean()
+        return self._update(loss_local, self.G, self.opt_gen)
 
     # ---- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -158,15 +172,15 @@ class Distiller:
         self.step, self.nimg = int(s["step"]), int(s["nimg"])
 
     def save_checkpoint(self) -> None:
-        atomic_torch_save(self.state_dict(), self.run_dir / "checkpoint.pt")
-        self.sync_tracker()
+        if self.dist.is_main:
+            atomic_torch_save(self.state_dict(), self.run_dir / "checkpoint.pt")
+            self.sync_tracker()
 
     def sync_tracker(self) -> None:
         """Send the metrics up to the current step to the tracker (after a checkpoint: never past it)."""
         if self.tracker is not None:
-            self.tracker.log_records(self.metrics.unsynced, self.step)
-            if self.tracker.synced_step == self.step:  # acknowledged; on failure the next sync retries
-                self.metrics.unsynced = []
+            self.tracker.log_records(self.metrics.unsynced, self.step)  # the tracker retries what fails
+            self.metrics.unsynced = []
 
     def try_resume(self) -> bool:
         path = self.run_dir / "checkpoint.pt"
@@ -184,17 +198,22 @@ class Distiller:
 
     def save_snapshot(self, name: str) -> Path:
         path = self.run_dir / "snapshots" / name
+        if not self.dist.is_main:
+            return path
         atomic_torch_save(dict(format=SNAPSHOT_FORMAT, step=self.step, nimg=self.nimg, config_hash=self.cfg.hash(),
                                t_star=self.G.t_star, G_ema=self.G_ema.state_dict()), path)
         return path
 
     # ---- bookkeeping ---------------------------------------------------------------------------------
     def _status(self, status: str, **extra) -> dict:
-        rec = dict(status=status, step=self.step, nimg=self.nimg, **extra)
-        atomic_write_json(self.run_dir / "status.json", rec)
+        rec = dict(status=status, step=self.step, nimg=self.nimg, world_size=self.dist.world_size, **extra)
+        if self.dist.is_main:
+            atomic_write_json(self.run_dir / "status.json", rec)
         return rec
 
     def _evaluate(self) -> dict:
+        if not self.dist.is_main:
+            return {}
         t0 = time.time()
         result = self.evaluator(self.G_ema, self.step) if self.evaluator else {}
         rec = {"step": self.step, "nimg": self.nimg, **{f"eval/{k}": v for k, v in result.items()},
@@ -202,6 +221,10 @@ class Distiller:
         self.metrics.add(rec)
         self.metrics.flush()
         return rec
+
+    def _save_samples(self, name: str) -> None:
+        if self.dist.is_main:
+            self.testbed.save_samples(self.G_ema, self.run_dir / "samples" / name, self.cfg.eval.seed)
 
     def _on_signal(self, signum, frame):
         self._stop_signal = signum
@@ -216,7 +239,7 @@ class Distiller:
         if not resumed:
             self.metrics.truncate_after(-1)
             self._evaluate()  # the metric at initialisation, the reference for "improves by a factor"
-            self.testbed.save_samples(self.G_ema, self.run_dir / "samples" / "init.png", self.cfg.eval.seed)
+            self._save_samples("init.png")
         old_handlers = {s: signal.signal(s, self._on_signal) for s in HANDLED_SIGNALS}
         self._status("running", resumed=resumed)
         bar = None
@@ -252,17 +275,18 @@ class Distiller:
                 if self._every(tc.snapshot_every) or self.step == tc.iterations:
                     self.save_snapshot(f"ema-{self.step:08d}.pt")
                 if self._every(tc.sample_every) or self.step == tc.iterations:
-                    self.testbed.save_samples(self.G_ema, self.run_dir / "samples" / f"step-{self.step:08d}.png",
-                                              self.cfg.eval.seed)
+                    self._save_samples(f"step-{self.step:08d}.png")
                 if bar is not None:
                     bar.update(1)
                     if self.step % tc.log_every == 0:
                         bar.set_postfix(online=f"{loss_online.item():.4g}", gen=f"{loss_gen.item():.4g}")
-                if self._every(tc.checkpoint_every) or self.step == tc.iterations or self._stop_signal:
+                stop = self.dist.any(self._stop_signal is not None)  # every rank stops at the same step
+                if self._every(tc.checkpoint_every) or self.step == tc.iterations or stop:
                     self.metrics.flush()
                     self.save_checkpoint()
-                if self._stop_signal is not None and self.step < tc.iterations:
-                    return self._status("interrupted", signal=signal.Signals(self._stop_signal).name)
+                if stop and self.step < tc.iterations:
+                    name = signal.Signals(self._stop_signal).name if self._stop_signal else "signal on another rank"
+                    return self._status("interrupted", signal=name)
             self.metrics.flush()
             return self._status("finished")
         finally:
@@ -311,19 +335,28 @@ def prepare_run_dir(cfg: RunConfig, run_dir) -> Path:
     return run_dir
 
 
-def distill(cfg: RunConfig, run_dir, testbed=None, evaluator=None, tracker_factory=None) -> dict:
+def distill(cfg: RunConfig, run_dir, testbed=None, evaluator=None, tracker_factory=None,
+            dist: Optional[DistEnv] = None) -> dict:
     """Run (or resume, or no-op if finished) one distillation; returns the final status record.
 
     The teacher (and the classifier, for digits) are loaded and checked before the run directory is touched.
+    With several processes (torchrun or a multi-task submitit job: see sim_core/distributed.py) every rank
+    calls this; rank 0 prepares the run directory and alone tracks the run.
     """
     from .testbeds import load_testbed
+    dist = dist or from_environment(cfg.device)
+    dist.shard(cfg.optim.batch_size)  # a batch that does not split evenly fails before any work
     testbed = testbed or load_testbed(cfg.testbed)
-    run_dir = prepare_run_dir(cfg, run_dir)
+    if dist.is_main:
+        run_dir = prepare_run_dir(cfg, run_dir)
+    dist.barrier()
+    run_dir = Path(run_dir)
     status_path = run_dir / "status.json"
     if status_path.exists():
         status = json.loads(status_path.read_text())
         if status["status"] in ("finished", "diverged"):
             return status
-    tracker = tracker_factory() if tracker_factory else None  # after the run dir exists: it records the run id
-    d = Distiller(cfg, run_dir, testbed=testbed, evaluator=evaluator, tracker=tracker)
+    dist.barrier()  # no rank may see status.json change under it (rank 0 rewrites it as the run starts)
+    tracker = tracker_factory() if tracker_factory and dist.is_main else None  # after the run dir exists
+    d = Distiller(cfg, run_dir, testbed=testbed, evaluator=evaluator, tracker=tracker, dist=dist)
     return d.run()

@@ -113,18 +113,22 @@ def test_run_dir_records_provenance(tmp_path, gmm_teacher):
     assert (tmp_path / "r" / "samples" / "step-00000002.png").exists()
 
 
-def test_resumed_run_continues_one_mlflow_history(tmp_path, gmm_teacher):
+@pytest.mark.parametrize("background", [False, True], ids=["inline", "background"])
+def test_resumed_run_continues_one_mlflow_history(tmp_path, gmm_teacher, background):
     """Interrupted at step 7 and resumed: one MLflow run, every logged step exactly once, the same values as
-    the JSONL file (the tracker is synced only up to each checkpoint)."""
+    the JSONL file (the tracker is synced only up to each checkpoint); also with MLflow on a worker thread."""
     from mlflow.tracking import MlflowClient
-    from sim_core.tracking import MLflowTracker
+    from sim_core.tracking import BackgroundTracker, MLflowTracker
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = parse_config(gmm_config(gmm_teacher, train=dict(iterations=12, log_every=1, eval_every=5,
                                                           checkpoint_every=4)))
     run_dir = tmp_path / "r"
+    opened = []
 
     def tracker():
-        return MLflowTracker(run_dir, uri, "resume", "r", cfg.to_dict(), {"status": "running"})
+        opened.append((BackgroundTracker if background else MLflowTracker)(
+            run_dir, uri, "resume", "r", cfg.to_dict(), {"status": "running"}))
+        return opened[-1]
     prepare_run_dir(cfg, run_dir)
     d = Distiller(cfg, run_dir, load_testbed(cfg.testbed), tracker=tracker())
     orig = d.generator_step
@@ -136,7 +140,12 @@ def test_resumed_run_continues_one_mlflow_history(tmp_path, gmm_teacher):
         return loss
     d.generator_step = step_and_signal
     assert d.run()["status"] == "interrupted"
+    if background:
+        opened[-1].close()
     assert distill(cfg, run_dir, tracker_factory=tracker)["status"] == "finished"
+    if background:
+        opened[-1].close()
+        assert opened[-1].busy_seconds > 0
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
     history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss_gen")]
@@ -144,3 +153,33 @@ def test_resumed_run_continues_one_mlflow_history(tmp_path, gmm_teacher):
     assert [s for s, _ in history] == list(range(1, 13))
     assert sorted(history) == expected
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/fd")] == [0, 5, 10, 12]
+
+
+def test_background_tracker_reports_store_errors_at_close(tmp_path):
+    """Training never waits for MLflow, but a store that fails is not silent: close() raises its error."""
+    from sim_core.tracking import BackgroundTracker, TrackingError
+    uri = f"sqlite:///{tmp_path / 'not-a-dir' / 'mlflow.db'}"
+    (tmp_path / "not-a-dir").write_text("a file where the store's directory should be")
+    tr = BackgroundTracker(tmp_path / "r", uri, "e", "r", {"a": 1}, {})
+    tr.log_records([{"step": 1, "loss": 0.5}], 1)  # returns at once
+    with pytest.raises(TrackingError, match="not-a-dir"):
+        tr.close(timeout=120)
+    assert not (tmp_path / "r" / "mlflow.json").exists()
+
+
+def test_failed_sync_keeps_records_pending_until_the_store_answers(tmp_path):
+    """A sync that fails (store briefly unavailable) keeps its records; the next sync logs them, once each."""
+    from mlflow.tracking import MlflowClient
+    from sim_core.tracking import MLflowTracker
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tr = MLflowTracker(tmp_path / "r", uri, "e", "r", {"a": 1}, {})
+    real = tr.client.log_batch
+    tr.client.log_batch = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("store down"))
+    with pytest.warns(UserWarning, match="store down"):
+        tr.log_records([{"step": s, "loss": float(s)} for s in (1, 2)], 2)
+    assert tr.synced_step == -1 and len(tr.pending) == 2
+    tr.client.log_batch = real
+    tr.log_records([{"step": s, "loss": float(s)} for s in (3, 4)], 4)
+    assert tr.synced_step == 4 and tr.pending == []
+    hist = MlflowClient(uri).get_metric_history(tr.run_id, "loss")
+    assert sorted((m.step, m.value) for m in hist) == [(s, float(s)) for s in (1, 2, 3, 4)]

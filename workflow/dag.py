@@ -11,7 +11,7 @@ from sim_core.checkpoint import atomic_write_json
 from sim_core.config import ConfigError
 
 from .schema import ScaleConfig, load_scale
-from .sweep import Sweep, expand
+from .sweep import Sweep, expand_cached
 
 OVERRIDABLE = ("executor", "tracking_uri", "results_dir", "runs_per_job")
 
@@ -35,7 +35,7 @@ def load(config: dict) -> tuple[ScaleConfig, Sweep, str]:
             raise ConfigError(f"bad --config override: {_format_error(e)}") from None
     uri = S.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
         f"sqlite:///{(Path(S.results_dir) / 'mlflow.db').resolve()}"
-    return S, expand(S), uri
+    return S, expand_cached(S), uri
 
 
 def launch_asset(S: ScaleConfig, name: str, out: str):

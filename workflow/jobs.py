@@ -18,6 +18,18 @@ def _job_id() -> str:
         return os.environ.get("SLURM_JOB_ID", "")
 
 
+def join_process_group() -> None:
+    """In a submitit job with several tasks (one per GPU), export torch.distributed's env:// variables
+    (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE); sim_core.distributed joins the group from them."""
+    import submitit
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:  # not inside a submitit job (a direct call, a test)
+        return
+    if env.num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def build_asset(name: str, spec: dict, out: str, threads: int = 1) -> dict:
     import torch
     torch.set_num_threads(threads)
@@ -33,53 +45,87 @@ def build_asset(name: str, spec: dict, out: str, threads: int = 1) -> dict:
 
 
 def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int], threads: int = 1) -> list[dict]:
-    """Train (or resume, or skip if done) each run, evaluate its final EMA generator, log it all to MLflow."""
+    """Train (or resume, or skip if done) each run, evaluate its final EMA generator, log it all to MLflow.
+
+    MLflow calls run on one background thread (sim_core.tracking.BackgroundTracker): the next run starts
+    training while the previous one's results are still being logged. A run's done.json is written only once
+    MLflow holds everything of it; the job waits for all of them before it returns.
+
+    In a job with several tasks every task runs this: all of them train each run as one data-parallel group
+    (sim_core/distributed.py); rank 0 alone evaluates, tracks and writes done.json."""
     import torch
     torch.set_num_threads(threads)
     from sim_core.config import parse_config
+    from sim_core.distributed import from_environment
     from sim_core.evaluate import evaluate_snapshot, latest_snapshot
     from sim_core.provenance import git_state
-    from sim_core.tracking import MLflowTracker
+    from sim_core.tracking import BackgroundTracker, TrackerThread
     from sim_core.train import distill, read_metrics
-    out = []
-    for spec in specs:
-        cfg = parse_config(spec["config"])
-        run_dir = Path(spec["run_dir"])
-        done = run_dir / "done.json"
-        if done.exists():
-            out.append(json.loads(done.read_text()))
-            continue
-        experiments = sorted({m["experiment"] for m in spec["memberships"]})
-        tags = dict(config_hash=cfg.hash(), git_commit=git_state().get("commit") or "", scale=cfg.scale,
-                    status="running", job_id=_job_id(), experiments=",".join(experiments), testbed=cfg.testbed.kind,
-                    method=cfg.method.name, run_dir=str(run_dir.resolve()))
+    commit = git_state().get("commit") or ""
+    join_process_group()
+    dist = from_environment(specs[0]["config"].get("device", "cpu")) if specs else None
+    if dist is not None and not dist.is_main:
+        for spec in specs:
+            if not (Path(spec["run_dir"]) / "done.json").exists():
+                distill(parse_config(spec["config"]), spec["run_dir"], dist=dist)
+        return []
+    worker = TrackerThread()
+    pending = []  # trackers of runs whose MLflow calls may still be queued
+    try:
+        for spec in specs:
+            cfg = parse_config(spec["config"])
+            run_dir = Path(spec["run_dir"])
+            done = run_dir / "done.json"
+            if done.exists():
+                continue
+            experiments = sorted({m["experiment"] for m in spec["memberships"]})
+            tags = dict(config_hash=cfg.hash(), git_commit=commit, scale=cfg.scale, status="running",
+                        job_id=_job_id(), experiments=",".join(experiments), testbed=cfg.testbed.kind,
+                        method=cfg.method.name, run_dir=str(run_dir.resolve()))
+            opened = []
 
-        def tracker():
-            return MLflowTracker(run_dir, tracking_uri, spec["owner"], spec["name"], cfg.to_dict(), tags)
-        t0 = time.perf_counter()
-        try:
-            status = distill(cfg, run_dir, tracker_factory=tracker)
-            t1 = time.perf_counter()
-            tr = tracker()
-            final = {}
-            if status["status"] == "finished":
-                final = evaluate_snapshot(cfg, latest_snapshot(run_dir), final_eval_seeds)
-        except Exception:
-            if (run_dir / "mlflow.json").exists():  # the MLflow run says 'failed'; the traceback reaches Snakemake
-                tracker().finish({"status": "failed"})
-            raise
-        t2 = time.perf_counter()
-        if final:
-            tr.log_metrics({f"final/{k}": v for k, v in final.items()}, step=cfg.train.iterations)
-        tr.log_artifacts(run_dir / "samples")
-        tr.finish(status)
-        record = {**status, "name": spec["name"], "run_id": tr.run_id, "final": final,
-                  "job_id": _job_id(), "metrics_logged": len(read_metrics(run_dir)),
-                  "seconds": {"distill": round(t1 - t0, 3), "final_eval": round(t2 - t1, 3),
-                              "tracking_finish": round(time.perf_counter() - t2, 3)}}
-        atomic_write_json(done, record)
-        out.append(record)
-    return out
+            def tracker():
+                opened.append(BackgroundTracker(run_dir, tracking_uri, spec["owner"], spec["name"],
+                                                cfg.to_dict(), tags, worker=worker))
+                return opened[-1]
+            t0 = time.perf_counter()
+            try:
+                status = distill(cfg, run_dir, tracker_factory=tracker, dist=dist)
+                tr = opened[-1] if opened else tracker()  # a run finished by an earlier job reopens its MLflow run
+                t1 = time.perf_counter()
+                final = {}
+                if status["status"] == "finished":
+                    final = evaluate_snapshot(cfg, latest_snapshot(run_dir), final_eval_seeds)
+            except Exception:
+                if opened:  # the MLflow run says 'failed'; the traceback reaches Snakemake
+                    opened[-1].finish({"status": "failed"})
+                    pending.append(opened[-1])
+                raise
+            t2 = time.perf_counter()
+            if final:
+                tr.log_metrics({f"final/{k}": v for k, v in final.items()}, step=cfg.train.iterations)
+            tr.log_artifacts(run_dir / "samples")
+            tr.finish(status)
+            record = {**status, "name": spec["name"], "final": final, "job_id": _job_id(),
+                      "metrics_logged": len(read_metrics(run_dir)),
+                      "seconds": {"distill": round(t1 - t0, 3), "final_eval": round(t2 - t1, 3)}}
+
+            def write_done(t, record=record, done=done, tr=tr):
+                record["seconds"]["tracking_background"] = round(tr.busy_seconds, 3)
+                atomic_write_json(done, {**record, "run_id": t.run_id})
+            tr.then(write_done)
+            pending.append(tr)
+    except BaseException:
+        for tr in pending:  # let finished runs reach MLflow and their done.json; the first error wins
+            try:
+                tr.close()
+            except Exception:
+                pass
+        raise
+    for tr in pending:
+        tr.close()
+    worker.stop()
+    return [json.loads((Path(s["run_dir"]) / "done.json").read_text()) for s in specs]
 
 
 def teacher_rows(records: list[dict], tracking_uri: str, eval_cfg: dict, out: str, threads: int = 1) -> list[dict]:

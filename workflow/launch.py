@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sim_core.checkpoint import atomic_write_json
 
+LOCAL_POLL_S = 0.1  # a local job is a child process: checking it is cheap (submitit's own wait polls every 1 s)
 ACTIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}
 
 
@@ -49,4 +50,7 @@ def submit_and_wait(fn, args: tuple, name: str, folder, cluster: str = "local", 
         for f in job_files:
             Path(f).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(f, record)
-    return job.result()
+    if cluster == "local":
+        while not job.done():
+            time.sleep(LOCAL_POLL_S)
+    return job.results()[0]  # task 0's result (a multi-task job returns one per task)

@@ -10,9 +10,10 @@ import copy
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from sim_core.checkpoint import atomic_write_json
 from sim_core.config import ConfigError, parse_config
 
 from .schema import EXPERIMENTS, ScaleConfig
@@ -61,6 +62,14 @@ class Sweep:
 
     def group_done_files(self, group: str) -> list:
         return [str(Path(self.runs[n].run_dir) / "done.json") for n in self.groups[group]]
+
+    def to_dict(self) -> dict:
+        return dict(runs={n: asdict(r) for n, r in self.runs.items()}, groups=self.groups,
+                    teacher_rows=self.teacher_rows, assets=self.assets)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Sweep":
+        return cls({n: RunSpec(**r) for n, r in d["runs"].items()}, d["groups"], d["teacher_rows"], d["assets"])
 
 
 def asset_path(scale: ScaleConfig, name: str) -> str:
@@ -141,3 +150,30 @@ def expand(scale: ScaleConfig) -> Sweep:
     if missing:
         raise ConfigError(f"bad scale config: assets: missing {sorted(missing)} needed by the experiments")
     return Sweep(runs, groups, teacher_rows, assets)
+
+
+def code_fingerprint() -> str:
+    """SHA-256 of the project's Python sources: what validating a sweep depends on besides its config."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for package in ("sim_core", "baselines", "workflow"):
+        for path in sorted((root / package).rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def expand_cached(scale: ScaleConfig) -> Sweep:
+    """``expand`` remembered under ``<results_dir>/.sweep-cache/``, keyed by the scale config and the code.
+
+    Validating every run config builds its losses, which imports torch (~2 s here). Snakemake parses the
+    Snakefile at every invocation, so without the cache each `snakemake` call (dry runs, no-op reruns) pays
+    that; with it, only the first call after a change to the config or to the code does."""
+    key = hashlib.sha256((scale.model_dump_json() + code_fingerprint()).encode()).hexdigest()[:24]
+    path = Path(scale.results_dir) / ".sweep-cache" / f"{key}.json"
+    try:
+        return Sweep.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # absent or unreadable: validate again
+    sweep = expand(scale)
+    atomic_write_json(path, sweep.to_dict())
+    return sweep
