@@ -28,26 +28,45 @@ def default_tracking_uri(results_dir="results") -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
 
-def check_tracking(uri: str) -> None:
-    """Fail with one line if the tracking store cannot be reached (before any job starts)."""
+def check_tracking(uri: str, timeout: float = 10.0) -> None:
+    """Fail with one line if the tracking store cannot be reached (before any job starts). A server is
+    probed at /health first: MLflow's client retries a dead server with backoff for ~4 minutes."""
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status != 200:
+                    raise TrackingError(f"tracking server {uri} is unhealthy: /health answered {r.status}")
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(f"tracking store {uri} is unreachable: {getattr(e, 'reason', e)}") from None
     from mlflow.tracking import MlflowClient
     try:
         MlflowClient(uri).search_experiments(max_results=1)
-    except Exception as e:  # unreachable server, unwritable sqlite path, bad URI
+    except Exception as e:  # unwritable sqlite path, bad URI, a server that answers /health but not the API
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise TrackingError(f"tracking store {uri} is unreachable: {first}") from None
 
 
 def ensure_experiment(client, name: str, tracking_uri: str) -> str:
     """The id of experiment ``name``, created if needed. With a sqlite store, artifacts go beside the
-    database (<dir>/mlartifacts), not into ./mlruns of whatever directory the job runs in."""
+    database (<dir>/mlartifacts), not into ./mlruns of whatever directory the job runs in. Jobs starting
+    together race to create it: the losers look it up again."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     location = None
     if tracking_uri.startswith("sqlite:///"):
         location = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts" / name).resolve().as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception as e:
+        if "RESOURCE_ALREADY_EXISTS" not in str(e) and "already exists" not in str(e):
+            raise
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -47,10 +47,10 @@ def launch_asset(S: ScaleConfig, name: str, out: str):
 
 
 def launch_group(S: ScaleConfig, SW: Sweep, group: str, uri: str):
-    from .jobs import run_group
+    from .jobs import DistillJob
     from .launch import submit_and_wait
     specs = [asdict(SW.runs[n]) for n in SW.groups[group]]
-    result = submit_and_wait(run_group, (specs, uri, S.final_eval_seeds), f"distill-{group}",
+    result = submit_and_wait(DistillJob(), (specs, uri, S.final_eval_seeds), f"distill-{group}",
                              Path(S.results_dir) / "submitit" / "distill", S.executor, S.resources.get("distill"),
                              job_files=[str(Path(s["run_dir"]) / "job.json") for s in specs])
     for rec in result:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 
+import submitit
+
 from sim_core.checkpoint import atomic_write_json
+
+EXIT_INTERRUPTED = 75  # = sim_core.train.EXIT_INTERRUPTED (not imported: torch stays out of the Snakemake process)
 
 
 def _job_id() -> str:
@@ -67,7 +73,9 @@ def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int],
     if dist is not None and not dist.is_main:
         for spec in specs:
             if not (Path(spec["run_dir"]) / "done.json").exists():
-                distill(parse_config(spec["config"]), spec["run_dir"], dist=dist)
+                status = distill(parse_config(spec["config"]), spec["run_dir"], dist=dist)
+                if status["status"] == "interrupted":
+                    _leave_for_requeue(status, [])
         return []
     worker = TrackerThread()
     pending = []  # trackers of runs whose MLflow calls may still be queued
@@ -102,6 +110,10 @@ def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int],
                     pending.append(opened[-1])
                 raise
             t2 = time.perf_counter()
+            if status["status"] == "interrupted":
+                tr.finish(status)
+                pending.append(tr)
+                _leave_for_requeue(status, pending)
             if final:
                 tr.log_metrics({f"final/{k}": v for k, v in final.items()}, step=cfg.train.iterations)
             tr.log_artifacts(run_dir / "samples")
@@ -126,6 +138,31 @@ def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int],
         tr.close()
     worker.stop()
     return [json.loads((Path(s["run_dir"]) / "done.json").read_text()) for s in specs]
+
+
+class DistillJob(submitit.helpers.Checkpointable):
+    """``run_group`` as a submitit Checkpointable job. When SLURM announces the time limit or a preemption
+    (submitit's USR2), the loop finishes its iteration and checkpoints, then submitit requeues the same call,
+    which skips the runs already done and resumes the others from their checkpoints (same MLflow runs)."""
+
+    def __call__(self, specs, tracking_uri, final_eval_seeds, threads: int = 1):
+        return run_group(specs, tracking_uri, final_eval_seeds, threads)
+
+
+def _leave_for_requeue(status: dict, trackers: list) -> None:
+    """A run checkpointed on a signal: end this process without a result, or the side that waits for the job
+    would take it as done. For submitit's own signal (USR2: time limit, preemption notice, job._interrupt())
+    the handler submitit installed, restored when the loop ended, checkpoints this Checkpointable and
+    requeues it; on SIGTERM (`scontrol requeue`, preemption, scancel) SLURM itself requeues or cancels."""
+    for tr in trackers:  # MLflow learns what was logged up to the checkpoint, and that the run was interrupted
+        try:
+            tr.close(timeout=60)
+        except Exception:
+            pass
+    sig = status.get("signal", "")
+    if sig == f"SIG{submitit.JobEnvironment.USR_SIG}":
+        os.kill(os.getpid(), getattr(signal, sig))  # submitit: checkpoint() + requeue + exit (rank 0)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def teacher_rows(records: list[dict], tracking_uri: str, eval_cfg: dict, out: str, threads: int = 1) -> list[dict]:
