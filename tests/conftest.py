@@ -39,6 +39,26 @@ def _built_once(path, build):
 
 
 @pytest.fixture(scope="session")
+def smoke_local(assets_dir):
+    """The whole smoke DAG run once per session with the embedded defaults (local submitit, sqlite MLflow):
+    `snakemake all_tables --config scale=smoke` (~2.5 min). Read-only for the tests that use it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    results = assets_dir.parent / "smoke-local" / "results"
+
+    def build(done_marker):
+        p = subprocess.run([sys.executable, "-m", "snakemake", "all_tables", "--cores", "2", "--quiet", "progress",
+                            "--config", "scale=smoke", f"results_dir={results}"],
+                           cwd=root, capture_output=True, text=True, timeout=900)
+        assert p.returncode == 0, p.stderr[-3000:]
+        done_marker.write_text("ok\n")
+    _built_once(assets_dir.parent / "smoke-local.done", build)
+    return results
+
+
+@pytest.fixture(scope="session")
 def gmm_teacher(assets_dir):
     """A small ring-mixture teacher (1000 iterations at batch 256, ~13 s). Its own 35-NFE Heun samples reach
     FD ~0.003 to the true mixture and cover all 8 modes (with ~1/3 of the mass between modes)."""

@@ -1,6 +1,7 @@
 """The whole DAG at smoke scale: Snakemake -> submitit (local) -> sim_core -> MLflow -> tables and figures.
 
-One module-scoped run of `snakemake all_tables --config scale=smoke`; the tests read what it wrote."""
+One run of `snakemake all_tables --config scale=smoke` per test session (shared with tests/test_slurm.py,
+which compares the SLURM profile's tables with it); the tests read what it wrote."""
 from __future__ import annotations
 
 import json
@@ -23,11 +24,9 @@ def _snakemake(results, *args, timeout=900):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    results = tmp_path_factory.mktemp("smoke") / "results"
-    p = _snakemake(results, "all_tables")
-    assert p.returncode == 0, p.stderr[-3000:]
-    return results
+def smoke(smoke_local):
+    """`snakemake all_tables --config scale=smoke` with the embedded defaults (conftest.py: run once)."""
+    return smoke_local
 
 
 def _paper(name):

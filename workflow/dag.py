@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from sim_core.config import ConfigError
 from .schema import ScaleConfig, load_scale
 from .sweep import Sweep, expand_cached
 
-OVERRIDABLE = ("executor", "tracking_uri", "results_dir", "runs_per_job")
+OVERRIDABLE = ("executor", "tracking_uri", "tracking_server_host", "results_dir", "runs_per_job", "resources")
+MANAGED_SERVER = "server"  # tracking_uri value: an MLflow server this DAG starts (workflow/tracking_server.py)
+_server_lock = threading.Lock()  # Snakemake runs rules as threads; the server's own lock is per process
 
 
 def load(config: dict) -> tuple[ScaleConfig, Sweep, str]:
@@ -26,6 +29,10 @@ def load(config: dict) -> tuple[ScaleConfig, Sweep, str]:
         raise ConfigError(f"unknown --config key(s) {sorted(bad)}; valid: scale, scale_config, {', '.join(OVERRIDABLE)}")
     S = load_scale(path)
     over = {k: config[k] for k in OVERRIDABLE if k in config}
+    if isinstance(over.get("resources"), dict):  # per kind of job, on top of the scale config's own
+        mine = S.model_dump()["resources"]
+        over["resources"] = {k: {**mine.get(k, {}), **(v if isinstance(v, dict) else {})}
+                             for k, v in {**mine, **over["resources"]}.items()}
     if over:
         from pydantic import ValidationError
         from sim_core.config import _format_error
@@ -50,7 +57,7 @@ def launch_group(S: ScaleConfig, SW: Sweep, group: str, uri: str):
     from .jobs import DistillJob
     from .launch import submit_and_wait
     specs = [asdict(SW.runs[n]) for n in SW.groups[group]]
-    result = submit_and_wait(DistillJob(), (specs, uri, S.final_eval_seeds), f"distill-{group}",
+    result = submit_and_wait(DistillJob(), (specs, job_tracking_uri(S, uri), S.final_eval_seeds), f"distill-{group}",
                              Path(S.results_dir) / "submitit" / "distill", S.executor, S.resources.get("distill"),
                              job_files=[str(Path(s["run_dir"]) / "job.json") for s in specs])
     for rec in result:
@@ -62,9 +69,19 @@ def launch_group(S: ScaleConfig, SW: Sweep, group: str, uri: str):
 def launch_teacher_rows(S: ScaleConfig, SW: Sweep, experiment: str, uri: str, out: str):
     from .jobs import teacher_rows
     from .launch import submit_and_wait
-    return submit_and_wait(teacher_rows, (SW.teacher_rows[experiment], uri, S.base.get("eval", {}), out),
+    return submit_and_wait(teacher_rows, (SW.teacher_rows[experiment], job_tracking_uri(S, uri),
+                                          S.base.get("eval", {}), out),
                            f"teacher-rows-{experiment}", Path(S.results_dir) / "submitit" / "teacher_rows",
                            S.executor, S.resources.get("teacher_rows"), job_files=[out + ".job.json"])
+
+
+def launch_aggregate(S: ScaleConfig, SW: Sweep, target: str, experiment: str, uri: str, out_dir: str):
+    from .jobs import aggregate
+    from .launch import submit_and_wait
+    manifest = str(Path(S.results_dir) / "manifests" / f"{target}.json")
+    write_manifest(S, SW, experiment, manifest)
+    return submit_and_wait(aggregate, (target, manifest, job_tracking_uri(S, uri), out_dir), f"aggregate-{target}",
+                           Path(S.results_dir) / "submitit" / "aggregate", S.executor, S.resources.get("aggregate"))
 
 
 def write_manifest(S: ScaleConfig, SW: Sweep, experiment: str, out: str) -> list[dict]:
@@ -83,9 +100,25 @@ def write_manifest(S: ScaleConfig, SW: Sweep, experiment: str, out: str) -> list
     return records
 
 
-def track_store(uri: str, out: str) -> None:
-    """Create the sqlite store once (several jobs creating it at once fail), or check that a server answers."""
+def server_dir(S: ScaleConfig) -> Path:
+    return Path(S.results_dir) / "mlflow-server"
+
+
+def job_tracking_uri(S: ScaleConfig, uri: str) -> str:
+    """The URI the jobs log to. For the managed server: its URI, the server started again if it was stopped
+    since (same database under <results_dir>/mlflow-server; a new port if the old one was taken)."""
+    if uri != MANAGED_SERVER:
+        return uri
+    from .tracking_server import start_server
+    with _server_lock:
+        return start_server(server_dir(S), host=S.tracking_server_host)
+
+
+def track_store(S: ScaleConfig, uri: str, out: str) -> None:
+    """Create the sqlite store once (several jobs creating it at once fail), or check that a server answers,
+    or start the managed server."""
     from sim_core.tracking import check_tracking
+    uri = job_tracking_uri(S, uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     check_tracking(uri)

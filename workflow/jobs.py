@@ -165,6 +165,20 @@ def _leave_for_requeue(status: dict, trackers: list) -> None:
     sys.exit(EXIT_INTERRUPTED)
 
 
+def aggregate(target: str, manifest: str, tracking_uri: str, out_dir: str) -> list[str]:
+    """One table or figure from MLflow (workflow/aggregate.py) in the job's own process: matplotlib is not
+    thread-safe, and Snakemake runs `run:` rules as threads."""
+    import contextlib
+    import io
+    from workflow.aggregate import main
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = main([target, "--manifest", manifest, "--tracking-uri", tracking_uri, "--out-dir", out_dir])
+    if code:
+        raise RuntimeError(err.getvalue().strip() or f"aggregation of {target} failed with code {code}")
+    return out.getvalue().split()
+
+
 def teacher_rows(records: list[dict], tracking_uri: str, eval_cfg: dict, out: str, threads: int = 1) -> list[dict]:
     """The teacher's own EDM Heun sampler at each NFE and seed, evaluated like the distilled generators;
     one MLflow run per (NFE, seed) in the experiment of the table."""

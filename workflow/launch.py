@@ -35,14 +35,16 @@ def submit_and_wait(fn, args: tuple, name: str, folder, cluster: str = "local", 
     job = _reattach(job_files, folder, cluster)
     if job is None:
         ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
-        params = dict(timeout_min=resources.timeout_min if resources else 60, name=name)
-        if cluster == "slurm" and resources is not None:
-            params.update(cpus_per_task=resources.cpus_per_task, mem_gb=resources.mem_gb,
-                          gpus_per_node=resources.gpus_per_node)
-            if resources.partition:
-                params["slurm_partition"] = resources.partition
-            if resources.account:
-                params["slurm_account"] = resources.account
+        r = resources
+        params = dict(timeout_min=r.timeout_min if r else 60, name=name, tasks_per_node=r.tasks_per_node if r else 1)
+        if cluster == "slurm" and r is not None:
+            params.update(cpus_per_task=r.cpus_per_task, mem_gb=r.mem_gb, slurm_max_num_timeout=r.max_requeues)
+            if r.gpus_per_node:
+                params["slurm_gres"] = f"gpu:{r.gpus_per_node}"
+            if r.partition:
+                params["slurm_partition"] = r.partition
+            if r.account:
+                params["slurm_account"] = r.account
         ex.update_parameters(**params)
         job = ex.submit(fn, *args)
         record = {"job_id": str(job.job_id), "cluster": cluster, "folder": str(folder.resolve()),

@@ -67,27 +67,44 @@ class Experiment(_Strict):
         return self
 
 
+JOB_KINDS = ("teacher", "distill", "teacher_rows", "aggregate")  # teacher: the toy assets; teacher_rows: evaluation
+
+
 class Resources(_Strict):
-    """Per-job resources, used by the SLURM executor (the local one ignores them)."""
+    """Per-job resources of one kind of job. SLURM uses all of them; the local executor only timeout_min and
+    tasks_per_node (data-parallel processes on this machine)."""
     timeout_min: int = Field(60, ge=1)
+    tasks_per_node: int = Field(1, ge=1)     # processes per job: one per GPU for data-parallel distillation
     cpus_per_task: int = Field(1, ge=1)
-    gpus_per_node: int = Field(0, ge=0)
+    gpus_per_node: int = Field(0, ge=0)      # requested as --gres=gpu:N
     mem_gb: float = Field(4, gt=0)
     partition: Optional[str] = None
     account: Optional[str] = None
+    max_requeues: int = Field(3, ge=0)       # time limits a Checkpointable job may hit before it fails for good
 
 
 class ScaleConfig(_Strict):
     scale: Literal["smoke", "toy", "paper"]
     results_dir: str = "results"
-    tracking_uri: Optional[str] = None      # None: sqlite:///<results_dir>/mlflow.db, created once before jobs
+    tracking_uri: Optional[str] = None      # None: sqlite:///<results_dir>/mlflow.db, created once before jobs;
+    #                                         "server": an MLflow server the DAG starts under <results_dir>/mlflow-server
+    #                                         (for clusters: many jobs logging at once); or any MLflow URI
+    tracking_server_host: str = "127.0.0.1"  # where the managed server listens; 0.0.0.0 when jobs run on other nodes
     executor: Literal["local", "slurm"] = "local"
     runs_per_job: int = Field(1, ge=1)      # sweep points run one after another in one submitit job
     final_eval_seeds: list[int] = Field(default_factory=lambda: [1000])
     assets: dict[str, AssetSpec]
     base: dict = Field(default_factory=dict)  # merged into every run's config
     experiments: dict[str, Experiment]
-    resources: dict[str, Resources] = Field(default_factory=dict)  # keys: teacher, distill, teacher_rows
+    resources: dict[str, Resources] = Field(default_factory=dict)  # keys: JOB_KINDS; the slurm profile sets them
+
+    @field_validator("resources")
+    @classmethod
+    def _known_kinds(cls, v):
+        bad = set(v) - set(JOB_KINDS)
+        if bad:
+            raise ValueError(f"unknown job kind(s) {sorted(bad)}; valid: {', '.join(JOB_KINDS)}")
+        return v
 
     @model_validator(mode="after")
     def _known_experiments(self):

@@ -1,6 +1,5 @@
 # Aggregation into the paper's tables and figures, reading MLflow; one target per table/figure.
-# Each runs `python -m workflow.aggregate` in its own process: matplotlib is not thread-safe, and Snakemake
-# runs local `run:` blocks as threads of its own process.
+# Each is a submitit job (`aggregate` resources on SLURM) running workflow/aggregate.py in its own process.
 
 def experiment_inputs(experiment):
     files = SW.done_files(experiment) + [f"{R}/tracking.json"]
@@ -10,10 +9,7 @@ def experiment_inputs(experiment):
 
 
 def aggregate(target, experiment, out_dir):
-    manifest = f"{R}/manifests/{target}.json"
-    dag.write_manifest(S, SW, experiment, manifest)
-    shell(f"{sys.executable} -m workflow.aggregate {target} --manifest {manifest} "
-          f"--tracking-uri '{TRACKING_URI}' --out-dir {out_dir} > /dev/null")
+    dag.launch_aggregate(S, SW, target, experiment, TRACKING_URI, out_dir)
 
 
 rule aggregate_table:

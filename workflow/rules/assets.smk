@@ -3,7 +3,7 @@
 rule tracking_store:
     output: f"{R}/tracking.json"
     run:
-        dag.track_store(TRACKING_URI, output[0])
+        dag.track_store(S, TRACKING_URI, output[0])
 
 
 rule asset:
