@@ -52,6 +52,12 @@ def _sacct(*args) -> list[list[str]]:
     return [line.split("|") for line in out.splitlines() if line]
 
 
+def _state(job_id: str) -> str:
+    """The job's state in accounting ('' until slurmdbd has heard of it)."""
+    rows = _sacct("-j", job_id, "--format=State")
+    return rows[0][0] if rows else ""
+
+
 def _snakemake_slurm(results, *targets, extra=(), timeout=1200):
     return subprocess.run(SNAKEMAKE + ["--profile", "slurm", *targets, "--quiet", "progress", *extra,
                                        "--config", "scale=smoke", f"results_dir={results}",
@@ -120,8 +126,10 @@ def test_scontrol_requeue_resumes_bitwise_with_one_mlflow_history(cluster, tmp_p
     (record,) = job.result()
     print(f"requeued job finished {time.time() - t0:.0f} s after `scontrol requeue`")
     assert record["status"] == "finished" and record["step"] == 600
+    # the result is written just before the job's process exits: let SLURM see it end
+    _wait_for(lambda: _state(job.job_id) == "COMPLETED", 60, "the job to complete")
     restarts = _sacct("-j", job.job_id, "--duplicates", "--format=JobID,State")
-    assert [r[1] for r in restarts][-1] == "COMPLETED" and len(restarts) >= 2, restarts  # it ran twice
+    assert [r[1] for r in restarts] == ["REQUEUED", "COMPLETED"], restarts  # it ran twice
     a = torch.load(tmp_path / "reference" / "checkpoint.pt", weights_only=True)
     b = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     for net in ("G", "G_ema", "D_fake"):
@@ -143,7 +151,7 @@ def test_killed_snakemake_reattaches_to_the_running_job(cluster, tmp_path):
     group = "table1-000"
     target = f"distill_{group.replace('-', '_')}"
     job_file = Path(SW.runs[SW.groups[group][0]].run_dir) / "job.json"
-    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    proc = None
     try:
         # assets first (their own jobs), so that the group's job is the one running when Snakemake dies
         p = _snakemake_slurm(results, *SW.assets.values(), str(results / "tracking.json"))
@@ -154,21 +162,24 @@ def test_killed_snakemake_reattaches_to_the_running_job(cluster, tmp_path):
                                 start_new_session=True)
         _wait_for(job_file.exists, 120, "the distillation job to be submitted")
         job_id = json.loads(job_file.read_text())["job_id"]
-        _wait_for(lambda: _sacct("-j", job_id, "--format=State")[0][0] == "RUNNING", 120, "the job to run")
+        _wait_for(lambda: _state(job_id) == "RUNNING", 120, "the job to run")
         os.killpg(proc.pid, signal.SIGKILL)  # the Snakemake process dies; the SLURM job does not
         proc.wait()
-        assert _sacct("-j", job_id, "--format=State")[0][0] == "RUNNING"
+        assert _state(job_id) == "RUNNING"
         # a killed Snakemake leaves its lock behind: --nolock (or `snakemake --unlock` once) as after any crash
         p = _snakemake_slurm(results, target, extra=("--nolock",))
         assert p.returncode == 0, p.stderr[-3000:]
-        named = _sacct("--name", f"distill-{group}", "--format=JobID,State", "-S", started)
-        assert named == [[job_id, "COMPLETED"]], named  # one submission of the group's job, and it finished
+        submissions = sorted(p.name for p in (results / "submitit" / "distill").glob("*_submitted.pkl"))
+        assert submissions == [f"{job_id}_submitted.pkl"], submissions  # never submitted a second time
+        _wait_for(lambda: _state(job_id) == "COMPLETED", 60, "the job to complete")
         since = json.loads(job_file.read_text())
         assert since["job_id"] == job_id  # never resubmitted: the record still names the first job
         group_jobs = {json.loads((Path(SW.runs[n].run_dir) / "done.json").read_text())["job_id"]
                       for n in SW.groups[group]}
         assert group_jobs == {job_id}
     finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         _stop_server(results)
 
 

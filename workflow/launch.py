@@ -34,11 +34,12 @@ def submit_and_wait(fn, args: tuple, name: str, folder, cluster: str = "local", 
     folder = Path(folder)
     job = _reattach(job_files, folder, cluster)
     if job is None:
-        ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
         r = resources
+        ctor = {"slurm_max_num_timeout": r.max_requeues} if cluster == "slurm" and r is not None else {}
+        ex = submitit.AutoExecutor(folder=folder, cluster=cluster, **ctor)
         params = dict(timeout_min=r.timeout_min if r else 60, name=name, tasks_per_node=r.tasks_per_node if r else 1)
         if cluster == "slurm" and r is not None:
-            params.update(cpus_per_task=r.cpus_per_task, mem_gb=r.mem_gb, slurm_max_num_timeout=r.max_requeues)
+            params.update(cpus_per_task=r.cpus_per_task, mem_gb=r.mem_gb)
             if r.gpus_per_node:
                 params["slurm_gres"] = f"gpu:{r.gpus_per_node}"
             if r.partition:
