@@ -10,9 +10,10 @@ drift by several percent between minutes on a shared machine. Prints, per repeat
   accounted:  (harness - compute) / compute, where compute is the training + final-evaluation time the job
               itself measured around distill() and the evaluation (done.json), so machine drift between
               the two phases cancels. MLflow runs on a worker thread; its busy time is printed too.
-Default: table1 of the toy scale (12 runs).
+Default: table1 of the toy scale (12 runs, ~3.5 min of training); `--experiment all`: every distillation run
+of the scale (toy: 51 runs, ~14 min), where the fixed costs (Snakemake start, the MLflow store) weigh less.
 
-    .venv/bin/python benchmarks/bench_harness_overhead.py [--scale toy] [--experiment table1] [--repeats 2]
+    .venv/bin/python benchmarks/bench_harness_overhead.py [--scale toy] [--experiment table1|all] [--repeats 2]
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from sim_core.train import distill
 from sim_core.evaluate import evaluate_snapshot, latest_snapshot
 S, SW, _ = load({"scale": sys.argv[1], "results_dir": sys.argv[2]})
 for run in SW.runs.values():
-    if run.owner != sys.argv[3]:
+    if sys.argv[3] != "all" and run.owner != sys.argv[3]:
         continue
     cfg = parse_config(run.config)
     distill(cfg, run.run_dir)
@@ -57,7 +58,7 @@ def main():
     work = Path(a.keep or tempfile.mkdtemp(prefix="bench_overhead_"))
     assets_dir = work / "assets-build"
     S, SW, _ = load({"scale": a.scale, "results_dir": str(assets_dir)})
-    groups = [g for g in SW.groups if g.startswith(a.experiment + "-")]
+    groups = [g for g in SW.groups if a.experiment == "all" or g.startswith(a.experiment + "-")]
     if not groups:
         sys.exit(f"error: experiment {a.experiment!r} has no runs at scale {a.scale}")
     snakemake = [sys.executable, "-m", "snakemake"]

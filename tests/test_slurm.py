@@ -213,3 +213,17 @@ def test_16_slurm_jobs_log_to_one_server_and_lose_nothing(cluster, tmp_path):
         assert checked == N_PROCS * N_STEPS * len(KEYS)
     finally:
         stop_server(server_dir)
+
+
+def test_a_job_that_fails_for_good_shows_its_remote_traceback(cluster, smoke_local, tmp_path):
+    """A corrupt teacher makes the SLURM job fail; Snakemake's log carries the job's own traceback."""
+    results = tmp_path / "results"
+    shutil.copytree(smoke_local / "assets", results / "assets")
+    (results / "assets" / "teacher_digits.pt").write_bytes(b"not a torch file")
+    try:
+        p = _snakemake_slurm(results, "distill_table1_000")
+        assert p.returncode != 0
+        assert "Traceback" in p.stderr and "load_testbed" in p.stderr, p.stderr[-3000:]
+        assert "teacher_digits.pt is corrupt or not a torch file" in p.stderr, p.stderr[-3000:]
+    finally:
+        _stop_server(results)
