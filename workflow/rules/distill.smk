@@ -14,6 +14,7 @@ for _group in SW.groups:
         output: SW.group_done_files(_group)
         params: group=_group
         threads: 1
+        priority: len(SW.groups[_group])  # longest jobs first, so that no long job ends up running alone
         run:
             dag.launch_group(S, SW, params.group, TRACKING_URI)
 
