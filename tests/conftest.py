@@ -30,6 +30,16 @@ def assets_dir(tmp_path_factory, worker_id):
     return path
 
 
+def wait_for(predicate, timeout, what, poll=0.05):
+    """Poll ``predicate`` until it is true; a TimeoutError naming ``what`` after ``timeout`` seconds."""
+    import time
+    t0 = time.time()
+    while not predicate():
+        if time.time() - t0 > timeout:
+            raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(poll)
+
+
 def _built_once(path, build):
     from filelock import FileLock
     with FileLock(str(path) + ".lock"):

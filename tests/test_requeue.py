@@ -8,21 +8,12 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import torch
 
-from conftest import gmm_config
+from conftest import gmm_config, wait_for
 from sim_core.config import parse_config
 from sim_core.train import distill, read_metrics
-
-
-def _wait_for(predicate, timeout, what):
-    t0 = time.time()
-    while not predicate():
-        if time.time() - t0 > timeout:
-            raise TimeoutError(f"waited {timeout} s for {what}")
-        time.sleep(0.05)
 
 
 def test_preempted_job_is_requeued_and_ends_as_if_never_interrupted(tmp_path, gmm_teacher):
@@ -46,7 +37,7 @@ def test_preempted_job_is_requeued_and_ends_as_if_never_interrupted(tmp_path, gm
 
     def progressed():
         return any(r["step"] >= 60 for r in read_metrics(run_dir))
-    _wait_for(progressed, 120, "the job to pass step 60")
+    wait_for(progressed, 120, "the job to pass step 60")
     # what SLURM's --signal does before the time limit, or a preemption notice: submitit's USR2 to the task
     # (the local controller between this process and the task does not forward it; job._interrupt() signals
     # the controller)

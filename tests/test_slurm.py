@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import gmm_config
+from conftest import gmm_config, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "slurm_cluster.sh"
@@ -95,14 +95,6 @@ def test_smoke_dag_through_the_slurm_profile_gives_the_local_tables(cluster, smo
         _stop_server(results)
 
 
-def _wait_for(predicate, timeout, what):
-    t0 = time.time()
-    while not predicate():
-        if time.time() - t0 > timeout:
-            raise TimeoutError(f"waited {timeout} s for {what}")
-        time.sleep(0.2)
-
-
 def test_scontrol_requeue_resumes_bitwise_with_one_mlflow_history(cluster, tmp_path, gmm_teacher):
     import submitit
     from mlflow.tracking import MlflowClient
@@ -120,14 +112,14 @@ def test_scontrol_requeue_resumes_bitwise_with_one_mlflow_history(cluster, tmp_p
     ex = submitit.AutoExecutor(folder=tmp_path / "submitit", cluster="slurm")
     ex.update_parameters(timeout_min=20, slurm_gres="gpu:1", cpus_per_task=1, mem_gb=2)
     job = ex.submit(DistillJob(), [spec], uri, [1000])
-    _wait_for(lambda: any(r["step"] >= 100 for r in read_metrics(run_dir)), 300, "the job to pass step 100")
+    wait_for(lambda: any(r["step"] >= 100 for r in read_metrics(run_dir)), 300, "the job to pass step 100", poll=0.2)
     t0 = time.time()
     subprocess.run(["scontrol", "requeue", job.job_id], check=True)
     (record,) = job.result()
     print(f"requeued job finished {time.time() - t0:.0f} s after `scontrol requeue`")
     assert record["status"] == "finished" and record["step"] == 600
     # the result is written just before the job's process exits: let SLURM see it end
-    _wait_for(lambda: _state(job.job_id) == "COMPLETED", 60, "the job to complete")
+    wait_for(lambda: _state(job.job_id) == "COMPLETED", 60, "the job to complete", poll=0.2)
     restarts = _sacct("-j", job.job_id, "--duplicates", "--format=JobID,State")
     assert [r[1] for r in restarts] == ["REQUEUED", "COMPLETED"], restarts  # it ran twice
     a = torch.load(tmp_path / "reference" / "checkpoint.pt", weights_only=True)
@@ -160,9 +152,9 @@ def test_killed_snakemake_reattaches_to_the_running_job(cluster, tmp_path):
                                              "scale=smoke", f"results_dir={results}", "tracking_server_host=127.0.0.1"],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
-        _wait_for(job_file.exists, 120, "the distillation job to be submitted")
+        wait_for(job_file.exists, 120, "the distillation job to be submitted", poll=0.2)
         job_id = json.loads(job_file.read_text())["job_id"]
-        _wait_for(lambda: _state(job_id) == "RUNNING", 120, "the job to run")
+        wait_for(lambda: _state(job_id) == "RUNNING", 120, "the job to run", poll=0.2)
         os.killpg(proc.pid, signal.SIGKILL)  # the Snakemake process dies; the SLURM job does not
         proc.wait()
         assert _state(job_id) == "RUNNING"
@@ -171,7 +163,7 @@ def test_killed_snakemake_reattaches_to_the_running_job(cluster, tmp_path):
         assert p.returncode == 0, p.stderr[-3000:]
         submissions = sorted(p.name for p in (results / "submitit" / "distill").glob("*_submitted.pkl"))
         assert submissions == [f"{job_id}_submitted.pkl"], submissions  # never submitted a second time
-        _wait_for(lambda: _state(job_id) == "COMPLETED", 60, "the job to complete")
+        wait_for(lambda: _state(job_id) == "COMPLETED", 60, "the job to complete", poll=0.2)
         since = json.loads(job_file.read_text())
         assert since["job_id"] == job_id  # never resubmitted: the record still names the first job
         group_jobs = {json.loads((Path(SW.runs[n].run_dir) / "done.json").read_text())["job_id"]
@@ -198,7 +190,7 @@ def test_16_slurm_jobs_log_to_one_server_and_lose_nothing(cluster, tmp_path):
             jobs = [ex.submit(submitit.helpers.CommandFunction(
                 [sys.executable, "-c", WORKER, uri, "concurrent", str(tmp_path), str(i)], cwd=str(ROOT), env=env))
                 for i in range(N_PROCS)]
-        _wait_for(lambda: len(list(tmp_path.glob("ready.*"))) == N_PROCS, 300, "16 jobs running at once")
+        wait_for(lambda: len(list(tmp_path.glob("ready.*"))) == N_PROCS, 300, "16 jobs running at once", poll=0.2)
         (tmp_path / "go").touch()
         results = [json.loads(j.result().strip().splitlines()[-1]) for j in jobs]
         assert max(r["t_go"] for r in results) < min(r["t_done"] for r in results)  # they overlapped
