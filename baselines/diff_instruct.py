@@ -8,7 +8,7 @@ dL/dx0 = D_psi - D_q, which is t^2 (s_psi - s_q): the integral-KL gradient with 
 """
 from __future__ import annotations
 
-import torch
+from sim_core.lazy import torch  # imported at first use: validating a config needs no torch
 
 from sim_core.losses import GeneratorDraw, GeneratorLoss, per_sample_dot
 

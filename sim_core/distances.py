@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 
-import torch
+from .lazy import torch  # imported at first use: validating a config needs no torch
 
 from .registry import Registry
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+from .lazy import edm, torch  # imported at first use: validating a config needs no torch
 
-from .edm import add_noise, sigma_view
 from .time_dists import TimeDistribution
 from .weightings import get_weighting
 
@@ -19,7 +18,7 @@ def edm_denoising_loss(D, x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tens
 
     For the online network x0 must be the *detached* generator sample; for a teacher it is data.
     """
-    x_t = add_noise(x0, sigma, eps)
+    x_t = edm.add_noise(x0, sigma, eps)
     D_x = D(x_t, sigma, class_labels)
     return weight * (D_x - x0).pow(2).reshape(x0.shape[0], -1).sum(1)
 
@@ -32,7 +31,7 @@ class OnlineLoss:
         self.weighting_name = weighting
         self.weighting = get_weighting(weighting)
 
-    def draw(self, n: int, shape, rng: torch.Generator, dtype=torch.float32, device="cpu"):
+    def draw(self, n: int, shape, rng: torch.Generator, dtype=None, device="cpu"):
         """t ~ p(t) and eps ~ N(0, I) for n samples (a data-parallel run draws the global batch and shards it)."""
         sigma = self.time_dist.sample(n, rng, dtype=dtype, device=device)
         eps = torch.randn((n, *shape), generator=rng, dtype=dtype).to(device)
@@ -40,7 +39,7 @@ class OnlineLoss:
 
     def loss(self, D_fake, x0: torch.Tensor, class_labels, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         x0 = x0.detach()
-        weight = sigma_view(self.weighting(sigma), x0).flatten()
+        weight = edm.sigma_view(self.weighting(sigma), x0).flatten()
         return edm_denoising_loss(D_fake, x0, sigma, eps, weight, class_labels)
 
     def __call__(self, D_fake, x0: torch.Tensor, class_labels, rng: torch.Generator) -> torch.Tensor:
@@ -56,7 +55,7 @@ class GeneratorDraw:
 
     @property
     def x_t_of(self):
-        return lambda x0: add_noise(x0, self.sigma, self.eps)
+        return lambda x0: edm.add_noise(x0, self.sigma, self.eps)
 
     def __getitem__(self, part: slice) -> "GeneratorDraw":
         return GeneratorDraw(self.sigma[part], self.eps[part])
@@ -74,7 +73,7 @@ class GeneratorLoss:
         self.weighting_name = weighting
         self.weighting = get_weighting(weighting)
 
-    def draw_for(self, n: int, shape, rng: torch.Generator, dtype=torch.float32, device="cpu") -> GeneratorDraw:
+    def draw_for(self, n: int, shape, rng: torch.Generator, dtype=None, device="cpu") -> GeneratorDraw:
         sigma = self.time_dist.sample(n, rng, dtype=dtype, device=device)
         eps = torch.randn((n, *shape), generator=rng, dtype=dtype).to(device)
         return GeneratorDraw(sigma, eps)

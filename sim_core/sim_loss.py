@@ -12,10 +12,9 @@ the gradient through d'(y); it is not the paper's method.
 """
 from __future__ import annotations
 
-import torch
+from .lazy import edm, torch  # imported at first use: validating a config needs no torch
 
 from .distances import Distance
-from .edm import sigma_view
 from .losses import GeneratorDraw, GeneratorLoss, per_sample_dot
 from .time_dists import TimeDistribution
 
@@ -36,7 +35,7 @@ class SIMLoss(GeneratorLoss):
         D_q = D_teacher(x_t, sigma, class_labels)      # grad flows through x_t
         D_psi = D_fake(x_t, sigma, class_labels)       # parameters frozen, grad flows through x_t
         y = D_psi - D_q
-        scale = sigma_view(sigma, x0) ** 2 if self.space == "score" else 1.0
+        scale = edm.sigma_view(sigma, x0) ** 2 if self.space == "score" else 1.0
         u = self.distance.grad(y / scale)              # d'(y_t), differentiated through x_t
         if self.detach_direction:
             u = u.detach()

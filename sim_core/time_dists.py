@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import math
 
-import torch
+from .lazy import torch  # imported at first use: validating a config needs no torch
 
-from .edm import karras_sigmas
 from .registry import Registry
 
 TIME_DISTRIBUTIONS = Registry("time distribution")
@@ -14,7 +13,7 @@ TIME_DISTRIBUTIONS = Registry("time distribution")
 class TimeDistribution:
     name = ""
 
-    def sample(self, n: int, generator: torch.Generator, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator, dtype=None, device="cpu") -> torch.Tensor:
         raise NotImplementedError
 
     def params(self) -> dict:
@@ -48,7 +47,7 @@ class LogNormal(TimeDistribution):
             p.update(t_min=self.t_min, t_max=self.t_max)
         return p
 
-    def sample(self, n, generator, dtype=torch.float32, device="cpu"):
+    def sample(self, n, generator, dtype=None, device="cpu"):
         if self.t_min is None:
             s = self.p_mean + self.p_std * torch.randn(n, generator=generator, dtype=torch.float64)
         else:  # truncated normal on s by inverse CDF
@@ -58,7 +57,7 @@ class LogNormal(TimeDistribution):
             u = lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
             s = self.p_mean + self.p_std * torch.special.ndtri(u)
             s = s.clamp(math.log(self.t_min), math.log(self.t_max))
-        return s.exp().to(dtype=dtype, device=device)
+        return s.exp().to(dtype=dtype or torch.float32, device=device)
 
 
 @TIME_DISTRIBUTIONS.register("p_edm")
@@ -112,11 +111,12 @@ class KarrPaper(_Karras):
     name = "karr"
 
     def grid(self) -> torch.Tensor:
+        from .edm import karras_sigmas
         return karras_sigmas(self.K, self.sigma_min, self.sigma_max, self.rho)
 
-    def sample(self, n, generator, dtype=torch.float32, device="cpu"):
+    def sample(self, n, generator, dtype=None, device="cpu"):
         k = torch.randint(0, self.k_max + 1, (n,), generator=generator)
-        return self.grid()[k].to(dtype=dtype, device=device)
+        return self.grid()[k].to(dtype=dtype or torch.float32, device=device)
 
 
 @TIME_DISTRIBUTIONS.register("karr_sid")
@@ -126,9 +126,9 @@ class KarrSiD(_Karras):
     the low-noise end, unlike the paper's formula. Both are kept, under two names."""
     name = "karr_sid"
 
-    def sample(self, n, generator, dtype=torch.float32, device="cpu"):
+    def sample(self, n, generator, dtype=None, device="cpu"):
         r = torch.rand(n, generator=generator, dtype=torch.float64) * (self.k_max / self.K)
-        return self._sigma(1 - r).to(dtype=dtype, device=device)
+        return self._sigma(1 - r).to(dtype=dtype or torch.float32, device=device)
 
 
 def build_time_distribution(name: str, **params) -> TimeDistribution:

@@ -1,12 +1,12 @@
 """Weightings w(t) by name, in EDM denoiser space (paper Appendix B.2). Each returns shape (B,)."""
 from __future__ import annotations
 
-import torch
+from .lazy import torch  # imported at first use: validating a config needs no torch
 
-from .edm import SIGMA_DATA
 from .registry import Registry
 
 WEIGHTINGS = Registry("weighting")
+SIGMA_DATA = 0.5  # = sim_core.edm.SIGMA_DATA (EDM, Table 1); edm.py imports torch at once, this module lazily
 
 
 @WEIGHTINGS.register("lambda_edm")

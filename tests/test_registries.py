@@ -131,3 +131,31 @@ def test_method_defaults_follow_the_papers():
                               "space": "denoiser", "detach_direction": False}
     assert build_generator_loss("sid").describe() == {"time_dist": "karr_sid", "weighting": "sidwgt", "alpha": 1.2}
     assert build_generator_loss("di").describe() == {"time_dist": "p_edm", "weighting": "nowgt"}
+
+
+def test_validating_a_sweep_imports_no_torch(tmp_path):
+    """Snakemake validates every run of a sweep when it parses the Snakefile: that must not cost `import torch`
+    (sim_core/lazy.py); a run's losses still build, and fail on bad values, without it."""
+    import subprocess
+    import sys
+    code = (
+        "import sys\n"
+        "from workflow.schema import load_scale\n"
+        "from workflow.sweep import expand\n"
+        "s = load_scale('configs/scales/toy.yaml').model_copy(update={'results_dir': sys.argv[1]})\n"
+        "sweep = expand(s)\n"
+        "assert len(sweep.runs) > 40, len(sweep.runs)\n"
+        "from sim_core.config import ConfigError, parse_config\n"
+        "cfg = dict(name='x', testbed=dict(kind='digits', teacher='t.pt'), train=dict(iterations=1),\n"
+        "           method=dict(name='sim', distance='huber', distance_params=dict(c=-1)))\n"
+        "try:\n"
+        "    parse_config(cfg)\n"
+        "    raise SystemExit('bad distance parameter accepted')\n"
+        "except ConfigError as e:\n"
+        "    assert 'huber' in str(e), e\n"
+        "print('torch' in sys.modules)\n")
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=root, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "False"

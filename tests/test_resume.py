@@ -113,21 +113,26 @@ def test_run_dir_records_provenance(tmp_path, gmm_teacher):
     assert (tmp_path / "r" / "samples" / "step-00000002.png").exists()
 
 
-@pytest.mark.parametrize("background", [False, True], ids=["inline", "background"])
+@pytest.mark.parametrize("background", [None, "thread", "process"])
 def test_resumed_run_continues_one_mlflow_history(tmp_path, gmm_teacher, background):
     """Interrupted at step 7 and resumed: one MLflow run, every logged step exactly once, the same values as
-    the JSONL file (the tracker is synced only up to each checkpoint); also with MLflow on a worker thread."""
+    the JSONL file (the tracker is synced only up to each checkpoint); also with MLflow on a worker thread and
+    in a tracker process (as the DAG's jobs)."""
     from mlflow.tracking import MlflowClient
-    from sim_core.tracking import BackgroundTracker, MLflowTracker
+    from sim_core.tracking import BackgroundTracker, MLflowTracker, TrackerProcess
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cfg = parse_config(gmm_config(gmm_teacher, train=dict(iterations=12, log_every=1, eval_every=5,
                                                           checkpoint_every=4)))
     run_dir = tmp_path / "r"
     opened = []
+    worker = TrackerProcess() if background == "process" else None
 
     def tracker():
-        opened.append((BackgroundTracker if background else MLflowTracker)(
-            run_dir, uri, "resume", "r", cfg.to_dict(), {"status": "running"}))
+        if background is None:
+            opened.append(MLflowTracker(run_dir, uri, "resume", "r", cfg.to_dict(), {"status": "running"}))
+        else:
+            opened.append(BackgroundTracker(run_dir, uri, "resume", "r", cfg.to_dict(), {"status": "running"},
+                                            worker=worker))
         return opened[-1]
     prepare_run_dir(cfg, run_dir)
     d = Distiller(cfg, run_dir, load_testbed(cfg.testbed), tracker=tracker())
@@ -144,8 +149,13 @@ def test_resumed_run_continues_one_mlflow_history(tmp_path, gmm_teacher, backgro
         opened[-1].close()
     assert distill(cfg, run_dir, tracker_factory=tracker)["status"] == "finished"
     if background:
+        opened[-1].write_done(tmp_path / "done.json", {"status": "finished", "seconds": {}})
         opened[-1].close()
         assert opened[-1].busy_seconds > 0
+        done = json.loads((tmp_path / "done.json").read_text())
+        assert done["run_id"] and done["seconds"]["tracking_background"] > 0
+    if worker is not None:
+        worker.stop()
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
     history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "loss_gen")]
@@ -155,16 +165,24 @@ def test_resumed_run_continues_one_mlflow_history(tmp_path, gmm_teacher, backgro
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/fd")] == [0, 5, 10, 12]
 
 
-def test_background_tracker_reports_store_errors_at_close(tmp_path):
-    """Training never waits for MLflow, but a store that fails is not silent: close() raises its error."""
-    from sim_core.tracking import BackgroundTracker, TrackingError
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_background_tracker_reports_store_errors_at_close(tmp_path, kind):
+    """Training never waits for MLflow, but a store that fails is not silent: close() raises its error (also
+    across the process boundary), and the run's done.json is never written."""
+    from sim_core.tracking import BackgroundTracker, TrackerProcess, TrackingError
     uri = f"sqlite:///{tmp_path / 'not-a-dir' / 'mlflow.db'}"
     (tmp_path / "not-a-dir").write_text("a file where the store's directory should be")
-    tr = BackgroundTracker(tmp_path / "r", uri, "e", "r", {"a": 1}, {})
+    worker = TrackerProcess() if kind == "process" else None
+    tr = BackgroundTracker(tmp_path / "r", uri, "e", "r", {"a": 1}, {}, worker=worker)
     tr.log_records([{"step": 1, "loss": 0.5}], 1)  # returns at once
+    tr.write_done(tmp_path / "done.json", {"status": "finished", "seconds": {}})
     with pytest.raises(TrackingError, match="not-a-dir"):
         tr.close(timeout=120)
     assert not (tmp_path / "r" / "mlflow.json").exists()
+    assert not (tmp_path / "done.json").exists()
+    if worker is not None:
+        worker.stop(timeout=10)
+        assert not worker.process.is_alive()
 
 
 def test_failed_sync_keeps_records_pending_until_the_store_answers(tmp_path):

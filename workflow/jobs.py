@@ -53,31 +53,34 @@ def build_asset(name: str, spec: dict, out: str, threads: int = 1) -> dict:
 def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int], threads: int = 1) -> list[dict]:
     """Train (or resume, or skip if done) each run, evaluate its final EMA generator, log it all to MLflow.
 
-    MLflow calls run on one background thread (sim_core.tracking.BackgroundTracker): the next run starts
+    MLflow calls run in a tracker process (sim_core.tracking.TrackerProcess): the next run starts
     training while the previous one's results are still being logged. A run's done.json is written only once
     MLflow holds everything of it; the job waits for all of them before it returns.
 
     In a job with several tasks every task runs this: all of them train each run as one data-parallel group
     (sim_core/distributed.py); rank 0 alone evaluates, tracks and writes done.json."""
+    from sim_core.tracking import BackgroundTracker, TrackerProcess
+    worker = TrackerProcess() if _is_main_task() else None  # starts importing MLflow while torch loads here
     import torch
     torch.set_num_threads(threads)
     from sim_core.config import parse_config
     from sim_core.distributed import from_environment
     from sim_core.evaluate import evaluate_snapshot, latest_snapshot
     from sim_core.provenance import git_state
-    from sim_core.tracking import BackgroundTracker, TrackerThread
     from sim_core.train import distill, read_metrics
     commit = git_state().get("commit") or ""
     join_process_group()
     dist = from_environment(specs[0]["config"].get("device", "cpu")) if specs else None
     if dist is not None and not dist.is_main:
+        if worker is not None:
+            worker.stop()
         for spec in specs:
             if not (Path(spec["run_dir"]) / "done.json").exists():
                 status = distill(parse_config(spec["config"]), spec["run_dir"], dist=dist)
                 if status["status"] == "interrupted":
                     _leave_for_requeue(status, [])
         return []
-    worker = TrackerThread()
+    worker = worker or TrackerProcess()
     pending = []  # trackers of runs whose MLflow calls may still be queued
     try:
         for spec in specs:
@@ -121,11 +124,7 @@ def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int],
             record = {**status, "name": spec["name"], "final": final, "job_id": _job_id(),
                       "metrics_logged": len(read_metrics(run_dir)),
                       "seconds": {"distill": round(t1 - t0, 3), "final_eval": round(t2 - t1, 3)}}
-
-            def write_done(t, record=record, done=done, tr=tr):
-                record["seconds"]["tracking_background"] = round(tr.busy_seconds, 3)
-                atomic_write_json(done, {**record, "run_id": t.run_id})
-            tr.then(write_done)
+            tr.write_done(done, record)  # adds the run's MLflow id and its tracking seconds
             pending.append(tr)
     except BaseException:
         for tr in pending:  # let finished runs reach MLflow and their done.json; the first error wins
@@ -133,11 +132,20 @@ def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int],
                 tr.close()
             except Exception:
                 pass
+        worker.stop(timeout=10)
         raise
     for tr in pending:
         tr.close()
     worker.stop()
     return [json.loads((Path(s["run_dir"]) / "done.json").read_text()) for s in specs]
+
+
+def _is_main_task() -> bool:
+    """Rank 0 of the job (the only task that tracks); true outside submitit and in single-task jobs."""
+    try:
+        return submitit.JobEnvironment().global_rank == 0
+    except RuntimeError:  # not inside a submitit job
+        return os.environ.get("RANK", "0") == "0"
 
 
 class DistillJob(submitit.helpers.Checkpointable):

@@ -109,7 +109,7 @@ def expand(scale: ScaleConfig) -> Sweep:
                         parsed = parse_config(cfg)
                     except ConfigError as e:
                         raise ConfigError(f"experiments.{exp_name} row {row.label!r}: {e}") from None
-                    h = hashlib.sha256(json.dumps(parsed.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+                    h = parsed.hash()[:8]  # stable when a new config field keeps its default (RunConfig.hash)
                     member = dict(experiment=exp_name, label=row.label, method=parsed.method.name,
                                   alpha=parsed.method.alpha if parsed.method.name == "sid" else None,
                                   time_dist=parsed.method.time_dist, weighting=parsed.method.weighting,
