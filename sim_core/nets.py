@@ -65,3 +65,6 @@ class ResidualMLP(nn.Module):
 
 def build_network(name: str, **kwargs) -> nn.Module:
     return NETWORKS.build(name, **kwargs)
+
+
+from . import songunet  # noqa: E402,F401  (registers "songunet": EDM's DDPM++ SongUNet)
