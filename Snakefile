@@ -34,5 +34,6 @@ rule all_tables:
 
 
 include: "workflow/rules/assets.smk"
+include: "workflow/rules/paper_assets.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/aggregate.smk"

@@ -18,29 +18,39 @@ import torch
 from sim_core.config import parse_config
 from sim_core.edm import EDMPrecond
 from sim_core.ema import ema_beta, ema_update
+from sim_core.generator import random_labels
 from sim_core.nets import ResidualMLP
+from sim_core.precision import autocast, to_memory_format
 from sim_core.teacher import load_teacher
 from sim_core.testbeds import Testbed
 from sim_core.toy_assets import TEACHER_DEFAULTS
 from sim_core.train import Distiller
 
 
-def timed(fn, reps: int, warmup: int = 5) -> float:
-    """Median seconds per call."""
+def no_sync() -> None:
+    """CPU work is done when a call returns; on CUDA pass ``torch.cuda.synchronize`` instead."""
+
+
+def timed(fn, reps: int, warmup: int = 5, sync=no_sync) -> float:
+    """Median seconds per call (``sync`` waits for queued device work before and after each timed call)."""
     for _ in range(warmup):
         fn()
+    sync()
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def make_distiller(method: str, D, meta, batch: int, run_dir: str) -> Distiller:
+def make_distiller(method: str, D, meta, batch: int, run_dir: str, **over) -> Distiller:
+    """A Distiller on a teacher built in memory; ``over`` sets other top-level config keys (device, perf, ...)."""
     raw = dict(name=f"bench_{method}", testbed=dict(kind="digits", teacher="unused.pt"), method=dict(name=method),
                optim=dict(batch_size=batch, lr_gen=1e-5, lr_online=1e-5),
                train=dict(iterations=10 ** 9, progress=False))
+    raw.update(over)
     return Distiller(parse_config(raw), run_dir, Testbed(D, meta), evaluator=lambda G, step: {})
 
 
@@ -51,34 +61,48 @@ def iteration(d: Distiller):
     ema_update(d.G_ema, d.G, ema_beta(d.nimg, d.cfg.optim.batch_size))
 
 
-def pass_floor(d: Distiller, reps: int) -> dict:
-    """Each network pass of one SIM iteration, timed on its own."""
-    B, shape = d.cfg.optim.batch_size, d.data_shape
+def pass_floor(d: Distiller, reps: int, sync=no_sync, warmup: int = 5) -> dict:
+    """Each network pass of one SIM iteration, timed on its own: on the run's device, in the loop's train/eval
+    modes, under its perf switches; with gradient accumulation each pass runs once per micro-batch."""
+    n, k, shape = d.micro[0].stop - d.micro[0].start, len(d.micro), d.data_shape
     rng = torch.Generator().manual_seed(0)
-    z = d.G.sample_z(B, shape, rng)
-    sigma = torch.rand(B, generator=rng) + 0.1
-    x_t = torch.randn((B, *shape), generator=rng)
+    z = to_memory_format(d.G.sample_z(n, shape, rng, d.dtype, d.device), d.perf)
+    labels = random_labels(n, d.label_dim, rng, d.dtype, d.device)
+    sigma = (torch.rand(n, generator=rng, dtype=d.dtype) + 0.1).to(d.device)
+    x_t = to_memory_format(torch.randn((n, *shape), generator=rng, dtype=d.dtype).to(d.device), d.perf)
 
     def gen_nograd():
-        with torch.no_grad():
-            d.G(z)
+        d.G.eval()
+        for _ in range(k):
+            with torch.no_grad(), autocast(d.perf, d.device):
+                d.G(z, labels)
 
     def fake_train():  # psi-step forward + backward to the parameters
-        d.D_fake.requires_grad_(True)
-        loss = (d.D_fake(x_t, sigma) - z).pow(2).sum()
-        loss.backward()
+        d.D_fake.train().requires_grad_(True)
+        for _ in range(k):
+            with autocast(d.perf, d.device):
+                loss = (d.D_fake(x_t, sigma, labels) - z).pow(2).sum()
+            loss.backward()
         d.D_fake.requires_grad_(False)
 
     def adam_online():
         d.opt_online.step()
 
     def gen_fwd_bwd():  # the generator's share of the theta-step
-        (d.G(z) * x_t).sum().backward()
+        d.G.train()
+        for _ in range(k):
+            with autocast(d.perf, d.device):
+                loss = (d.G(z, labels) * x_t).sum()
+            loss.backward()
 
     def frozen_fwd_bwd_input(net):
         def f():
-            x = x_t.clone().requires_grad_(True)
-            net(x, sigma).sum().backward()
+            net.eval()
+            for _ in range(k):
+                x = x_t.clone().requires_grad_(True)
+                with autocast(d.perf, d.device):
+                    loss = net(x, sigma, labels).sum()
+                loss.backward()
         return f
 
     def adam_gen():
@@ -93,7 +117,7 @@ def pass_floor(d: Distiller, reps: int) -> dict:
     parts = dict(gen_forward_nograd=gen_nograd, online_forward_backward=fake_train, adam_online=adam_online,
                  gen_forward_backward=gen_fwd_bwd, teacher_forward_backward_to_input=frozen_fwd_bwd_input(d.D_teacher),
                  online_forward_backward_to_input=frozen_fwd_bwd_input(d.D_fake), adam_gen=adam_gen, ema=ema)
-    return {k: timed(f, reps) for k, f in parts.items()}
+    return {name: timed(f, reps, warmup, sync) for name, f in parts.items()}
 
 
 def main():

@@ -2,12 +2,12 @@
 
 Every file is named in :data:`MANIFEST` (teacher pickles, FID reference statistics, Inception weights, the
 CIFAR-10 archive, SiD's released generators). Files live in one asset directory under their manifest file names,
-or anywhere else through per-asset path overrides (``assets.paths.<name>`` in config), because cluster nodes
+or anywhere else through per-asset path overrides (``asset_files.paths.<name>`` in config), because cluster nodes
 often have no internet and keep such files on shared storage.
 
 Checksums (SHA-256 unless said otherwise), in order of precedence:
 
-1. a SHA-256 the user gives in config (``assets.sha256.<name>``) always wins; it also replaces the manifest's
+1. a SHA-256 the user gives in config (``asset_files.sha256.<name>``) always wins; it also replaces the manifest's
    MD5 and size for that asset, since it names one exact file;
 2. the manifest's SHA-256 where it is published (torch-fidelity's Inception weights);
 3. otherwise the project pins the file on first use: NVIDIA and Hugging Face publish no SHA-256 for the EDM
@@ -166,7 +166,7 @@ def resolve_paths(asset_dir, overrides: Optional[Mapping[str, Any]] = None, mani
     overrides = dict(overrides or {})
     for key in overrides:
         if key not in entries:
-            raise _config_error(f"assets.paths.{key}: unknown asset; valid names: {', '.join(sorted(entries))}")
+            raise _config_error(f"asset_files.paths.{key}: unknown asset; valid names: {', '.join(sorted(entries))}")
     asset_dir = Path(os.path.expanduser(str(asset_dir)))
     return {n: Path(os.path.expanduser(str(overrides[n]))) if overrides.get(n) else asset_dir / a.filename
             for n, a in entries.items()}
@@ -176,12 +176,12 @@ def _user_sha256(sha256: Optional[Mapping[str, str]], entries) -> dict[str, str]
     out = {}
     for key, value in (sha256 or {}).items():
         if key not in entries:
-            raise _config_error(f"assets.sha256.{key}: unknown asset; valid names: {', '.join(sorted(entries))}")
+            raise _config_error(f"asset_files.sha256.{key}: unknown asset; valid names: {', '.join(sorted(entries))}")
         if value is None:
             continue
         v = str(value).strip().lower()
         if not _HEX64.match(v):
-            raise _config_error(f"assets.sha256.{key}: {value!r} is not a SHA-256 (64 hex digits)")
+            raise _config_error(f"asset_files.sha256.{key}: {value!r} is not a SHA-256 (64 hex digits)")
         out[key] = v
     return out
 
@@ -260,7 +260,7 @@ def _check_digests(asset: Asset, where, sha: str, md5: Optional[str], size: int,
         raise CheckpointError(f"asset {asset.name}: {where} has {size} bytes, expected {asset.size} "
                               "(truncated or a different file)")
     if expected is not None and sha != expected:
-        why = {"config": f"assets.sha256.{asset.name}", "manifest": "the manifest",
+        why = {"config": f"asset_files.sha256.{asset.name}", "manifest": "the manifest",
                SHA256SUMS: f"pinned on first use in {asset_dir / SHA256SUMS}; remove its line if the new file is "
                            "intended"}[source]
         raise CheckpointError(f"asset {asset.name}: {where} has SHA-256 {sha}, expected {expected} ({why})")
@@ -293,7 +293,7 @@ def validate_edm_pickle(path: Path, asset: Asset) -> None:
     want, got = asset.params.get("label_dim"), info.get("label_dim")
     if want is not None and got != want:
         raise CheckpointError(f"asset {asset.name}: {path} is a {_conditioning(got)} EDM pickle, expected "
-                              f"{_conditioning(want)}; check assets.paths.{asset.name}")
+                              f"{_conditioning(want)}; check asset_files.paths.{asset.name}")
 
 
 @VALIDATORS.register("fid_ref")
@@ -333,8 +333,8 @@ def _check_directory(asset: Asset, path: Path, user: Optional[str]) -> int:
     if asset.kind not in DIRECTORY_KINDS:
         raise CheckpointError(f"asset {asset.name}: {path} is a directory, expected the file {asset.filename}")
     if user:
-        raise CheckpointError(f"asset {asset.name}: {path} is a directory, but assets.sha256.{asset.name} pins a "
-                              f"file; point assets.paths.{asset.name} at {asset.filename} or drop the pin")
+        raise CheckpointError(f"asset {asset.name}: {path} is a directory, but asset_files.sha256.{asset.name} pins a "
+                              f"file; point asset_files.paths.{asset.name} at {asset.filename} or drop the pin")
     from .cifar10 import find_batch_dir
     d, total = find_batch_dir(path), 0
     for member, expected in asset.params.get("member_md5", {}).items():
@@ -366,10 +366,10 @@ def _missing_message(missing: list[tuple[Asset, Path]]) -> str:
     if len(missing) == 1:
         a, p = missing[0]
         return (f"asset {a.name}: {p} not found; run {DOWNLOAD_HINT} or download {a.urls[0]} to {p} "
-                f"(or set assets.paths.{a.name})")
+                f"(or set asset_files.paths.{a.name})")
     listed = ", ".join(f"{a.name} ({p} from {a.urls[0]})" for a, p in missing)
     return (f"{len(missing)} assets missing: {listed}; run {DOWNLOAD_HINT} or download each URL to its path "
-            "(or set assets.paths.<name>)")
+            "(or set asset_files.paths.<name>)")
 
 
 def verify_assets(names, asset_dir, overrides: Optional[Mapping[str, Any]] = None,

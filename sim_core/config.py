@@ -24,11 +24,18 @@ class _Strict(BaseModel):
 
 
 class TestbedConfig(_Strict):
-    kind: Literal["gmm", "digits"]
-    teacher: str                         # path to a teacher file written by `sim teacher`
+    kind: Literal["gmm", "digits", "cifar10"]
+    teacher: str                         # a teacher file written by `sim teacher`; cifar10: NVIDIA's EDM pickle
     teacher_sha256: Optional[str] = None  # optional pin: the teacher file must have this checksum
     conditional: bool = False            # class-conditional generator; the teacher must have label_dim > 0
     classifier: Optional[str] = None     # digits only: feature network for FID/KID/IS (`sim classifier`)
+    # cifar10 only (paper scale): the evaluation's files and how class labels are drawn
+    inception: Optional[str] = None      # torch-fidelity's Inception-v3 weights (sim_core/assets.py: `inception`)
+    inception_sha256: Optional[str] = None  # None: the published file's (sim_core/inception.py INCEPTION_SHA256)
+    fid_ref: Optional[str] = None        # EDM's reference statistics cifar10-32x32.npz (mu, sigma of 50k train images)
+    dataset: Optional[str] = None        # cifar-10-python.tar.gz: labels of training images for conditional runs
+    labels: Literal["training_images", "uniform"] = "training_images"  # SiD/DI draw the labels of random
+    #                                      training images (REFERENCE-CODE.md §8); EDM's generate.py draws uniformly
 
 
 class MethodConfig(_Strict):
@@ -60,6 +67,16 @@ class OnlineConfig(_Strict):
     time_dist_params: dict = Field(default_factory=dict)
     weighting: str = "lambda_edm"        # Table 5: lambda_EDM
     steps_per_iter: int = Field(1, ge=1)  # SiD/DI reference loops: one psi-step per theta-step
+    # Augmentation of the online network's inputs: the paper is silent; SiD/DI pass EDM's AugmentPipe (p = 0.12 on
+    # CIFAR-10, REFERENCE-CODE.md §2.2) into the fake-score loss. Not implemented here: 0 (off) is the only value.
+    augment_p: float = 0.0
+
+    @field_validator("augment_p")
+    @classmethod
+    def _no_augment_pipe(cls, v: float) -> float:
+        if v != 0.0:
+            raise ValueError(f"{v}: EDM's AugmentPipe is not implemented in this harness; use 0 (no augmentation)")
+        return v
 
 
 class OptimConfig(_Strict):
@@ -93,14 +110,46 @@ class GeneratorConfig(_Strict):
     t_star: float = Field(2.5, gt=0)     # Table 5 / eq. B.4: g(z) = D_theta(z, t*), z ~ N(0, t*^2 I)
 
 
+class NetworksConfig(_Strict):
+    # None: the teacher network's own value (0.13 in the CIFAR-10 EDM checkpoints and SiD's default, REFERENCE-CODE
+    # §2.4; none in the toy MLPs). A number is set on G and the online network (not the teacher, always in eval).
+    dropout: Optional[float] = None
+
+    @field_validator("dropout")
+    @classmethod
+    def _probability(cls, v):
+        if v is not None and not 0.0 <= v < 1.0:
+            raise ValueError(f"must lie in [0, 1), got {v}")
+        return v
+
+
+class PerfConfig(_Strict):
+    """Speed switches for GPUs (applied by sim_core/precision.py). The defaults reproduce the reference code."""
+    tf32: bool = False                   # EDM/SiD training_loop: allow_tf32 = False, fp32 as the reference code
+    bf16: bool = False                   # bfloat16 autocast around the network passes; losses stay fp32
+    channels_last: bool = False          # memory format of the networks and the image batches
+    grad_accum: int = Field(1, ge=1)     # micro-batches per process per step (the paper's batch 256 on < 4 GPUs)
+    cudnn_benchmark: bool = True         # EDM/SiD training_loop: torch.backends.cudnn.benchmark = True
+
+
 class TrainConfig(_Strict):
-    iterations: int = Field(..., ge=1)
+    iterations: Optional[int] = Field(None, ge=1)  # or kimg: exactly one of the two
+    kimg: Optional[float] = Field(None, gt=0)     # generator images / 1000 (as SiD): iterations = ceil(kimg*1000/batch)
+    # "every": evaluate every eval_every steps; "sid": when the image count crosses each 100 kimg up to 1 Mimg, then
+    # each 500 kimg (SiD: tick 10 kimg, metrics and snapshot at ticks 10..100 and every 50 ticks), eval_every unused
+    eval_schedule: Literal["every", "sid"] = "every"
     checkpoint_every: int = Field(0, ge=0)  # 0: only at the end and on a signal
     snapshot_every: int = Field(0, ge=0)    # EMA generator snapshots kept for evaluation; 0: none
     eval_every: int = Field(0, ge=0)        # 0: evaluate only at the end
     log_every: int = Field(10, ge=1)
     sample_every: int = Field(0, ge=0)      # sample grid of the EMA generator; 0: only at the end
     progress: bool = True
+
+    @model_validator(mode="after")
+    def _length(self):
+        if self.iterations is None and self.kimg is None:
+            raise ValueError("set iterations or kimg (exactly one)")
+        return self
 
 
 class EvalConfig(_Strict):
@@ -125,6 +174,8 @@ class RunConfig(_Strict):
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     train: TrainConfig
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    networks: NetworksConfig = Field(default_factory=NetworksConfig)
+    perf: PerfConfig = Field(default_factory=PerfConfig)
 
     @model_validator(mode="after")
     def _names_resolve(self):
@@ -143,7 +194,28 @@ class RunConfig(_Strict):
             raise ValueError(f"online: {e}") from None
         if self.testbed.kind != "digits" and self.testbed.classifier:
             raise ValueError("testbed.classifier is only used by the digits testbed")
+        self._resolve_length()
+        if self.optim.batch_size % self.perf.grad_accum:
+            raise ValueError(f"perf.grad_accum={self.perf.grad_accum} does not divide optim.batch_size="
+                             f"{self.optim.batch_size}: choose a divisor")
+        if self.perf.bf16 and self.dtype != "float32":
+            raise ValueError(f"perf.bf16 autocasts float32 networks; dtype is {self.dtype}: use dtype float32")
         return self
+
+    def _resolve_length(self) -> None:
+        """train.kimg -> train.iterations. A resolved config (as written to config.yaml) holds both; they must agree."""
+        t = self.train
+        if t.kimg is None:
+            return
+        nimg = round(t.kimg * 1000)  # whole images: kimg is read to 3 decimals
+        if nimg < 1:
+            raise ValueError(f"train.kimg={t.kimg} is less than one image")
+        iterations = -(-nimg // self.optim.batch_size)  # ceil: the run ends once kimg images are reached
+        if t.iterations is None:
+            t.iterations = iterations
+        elif t.iterations != iterations:
+            raise ValueError(f"train.iterations={t.iterations} and train.kimg={t.kimg} (= {iterations} iterations at "
+                             f"batch {self.optim.batch_size}) disagree: set only one")
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
@@ -151,9 +223,38 @@ class RunConfig(_Strict):
     def hash(self) -> str:
         """SHA-256 of the resolved config minus presentation-only keys (progress bar, threads)."""
         d = self.to_dict()
+        # A key added after the first hashed schema is left out while it has its default, so the run directories
+        # keyed by older hashes stay valid whatever is added later (perf, networks, train.kimg, testbed.fid_ref, ...).
+        for key, field in type(self).model_fields.items():
+            if key not in _HASHED_V1[""] and getattr(self, key) == field.get_default(call_default_factory=True):
+                d.pop(key)
+        for section, names in _HASHED_V1.items():
+            if section:
+                sub = getattr(self, section)
+                for key, field in type(sub).model_fields.items():
+                    if key not in names and getattr(sub, key) == field.get_default(call_default_factory=True):
+                        d[section].pop(key)
         d["train"].pop("progress", None)
         d.pop("threads", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# The keys of the first hashed config schema (commit 1aba046), per section ("" is the top level). RunConfig.hash()
+# leaves out any other key while it holds its default.
+_HASHED_V1 = {
+    "": {"name", "scale", "seed", "device", "dtype", "threads", "testbed", "method", "online", "optim", "ema",
+         "generator", "train", "eval"},
+    "testbed": {"kind", "teacher", "teacher_sha256", "conditional", "classifier"},
+    "method": {"name", "time_dist", "time_dist_params", "weighting", "distance", "distance_params", "space",
+               "detach_direction", "alpha"},
+    "online": {"time_dist", "time_dist_params", "weighting", "steps_per_iter"},
+    "optim": {"lr_gen", "lr_online", "betas", "eps", "batch_size"},
+    "ema": {"halflife_kimg", "rampup_ratio"},
+    "generator": {"t_star"},
+    "train": {"iterations", "checkpoint_every", "snapshot_every", "eval_every", "log_every", "sample_every",
+              "progress"},
+    "eval": {"num_samples", "batch_size", "seed", "kid_subsets"},
+}
 
 
 def _format_error(e: ValidationError) -> str:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import statistics
 from pathlib import Path
 
 import torch
@@ -31,20 +30,12 @@ def load_generator(path, testbed: Testbed) -> OneStepGenerator:
     return G.eval().requires_grad_(False)
 
 
-def evaluate_snapshot(cfg: RunConfig, path, seeds=(0, 1), testbed: Testbed | None = None) -> dict:
-    """Evaluate one snapshot with ``len(seeds)`` independent noise draws of eval.num_samples each; returns
-    the mean of each scalar metric (key) and its standard deviation over the draws (key_std_seeds)."""
+def evaluate_snapshot(cfg: RunConfig, path, seeds=(0, 1), testbed: Testbed | None = None,
+                      protocol: str | None = None) -> dict:
+    """Evaluate one snapshot: for the toy testbeds with ``len(seeds)`` independent noise draws of
+    eval.num_samples each (the mean of each scalar metric, and its standard deviation over the draws as
+    key_std_seeds); for CIFAR-10 by the named FID protocol (sim_core/image_metrics.py), on cfg.device."""
     testbed = testbed or load_testbed(cfg.testbed)
-    G = load_generator(path, testbed)
-    results = []
-    for seed in seeds:
-        ecfg = cfg.eval.model_copy(update={"seed": int(seed)})
-        results.append(testbed.evaluator(ecfg, torch.device("cpu"), torch.float32)(G, -1))
-    out = {}
-    for k in results[0]:
-        vals = [r[k] for r in results]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
-            out[k] = statistics.fmean(vals)
-            if len(vals) > 1:
-                out[f"{k}_std_seeds"] = statistics.stdev(vals)
-    return out
+    device = torch.device(cfg.device)
+    G = load_generator(path, testbed).to(device)
+    return testbed.final_metrics(G, cfg.eval, seeds, protocol=protocol, device=device)

@@ -103,9 +103,24 @@ class FeatureStats:
         return mu, sigma
 
 
-def fid_from_stats(mu1, sigma1, mu2, sigma2) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)), real part, in float64 (EDM fid.py
-    calculate_fid_from_inception_stats; the same formula as SiD's sid_frechet_inception_distance.py)."""
+def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+    """Tr sqrtm(S1 S2) for symmetric PSD S1, S2 through two symmetric eigendecompositions: with R = S1^(1/2),
+    S1 S2 = R (R S2) has the eigenvalues of (R S2) R = R S2 R (symmetric PSD), so the trace is the sum of the
+    square roots of eigvalsh(R S2 R). ~20x faster than a Schur-based sqrtm at 2048 dimensions (~1 s, not ~20 s)."""
+    w, V = np.linalg.eigh(s1)
+    R = (V * np.sqrt(np.clip(w, 0.0, None))) @ V.T
+    lam = np.linalg.eigvalsh(R @ s2 @ R)
+    return float(np.sqrt(np.clip(lam, 0.0, None)).sum())
+
+
+def fid_from_stats(mu1, sigma1, mu2, sigma2, method: str = "eigh") -> float:
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) in float64 (EDM fid.py calculate_fid_from_inception_stats;
+    the same formula as SiD's sid_frechet_inception_distance.py).
+
+    ``method="sqrtm"`` computes it as the reference code does (scipy.linalg.sqrtm of the product, real part);
+    the default ``"eigh"`` computes the same trace from symmetric eigendecompositions (the covariances are
+    symmetric PSD), equal to it to ~1e-9 relative (tests/test_image_metrics.py) and ~20x faster at 2048-d, which
+    matters for SiD's 10-trial protocol and evaluations every 100 kimg."""
     mu1, mu2 = _as_f64(mu1), _as_f64(mu2)
     s1, s2 = _as_f64(sigma1), _as_f64(sigma2)
     d = mu1.shape[0] if mu1.ndim == 1 else -1
@@ -116,8 +131,12 @@ def fid_from_stats(mu1, sigma1, mu2, sigma2) -> float:
         if not np.isfinite(a).all():
             raise ValueError(f"fid_from_stats: {name} contains NaN or inf")
     m = np.square(mu1 - mu2).sum()
-    s = scipy.linalg.sqrtm(s1 @ s2)
-    return float(np.real(m + np.trace(s1 + s2 - 2.0 * s)))
+    if method == "sqrtm":
+        s = scipy.linalg.sqrtm(s1 @ s2)
+        return float(np.real(m + np.trace(s1 + s2 - 2.0 * s)))
+    if method != "eigh":
+        raise ValueError(f"fid_from_stats: unknown method {method!r}; valid: eigh, sqrtm")
+    return float(m + np.trace(s1) + np.trace(s2) - 2.0 * _trace_sqrt_product(s1, s2))
 
 
 # ----------------------------------------------------------------------------------- reference statistics

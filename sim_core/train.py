@@ -3,6 +3,14 @@
 Each iteration: ``online.steps_per_iter`` psi-steps (denoising score matching of the online network on
 detached generator samples), then one theta-step (the method's generator loss, teacher and online network
 frozen but differentiable in their input). Adam with the paper's betas, EMA of the generator for evaluation.
+Train/eval modes as SiD's loop (REFERENCE-CODE.md §2.1): psi-step with the online network in train mode (dropout
+on) and the generator's samples from eval mode under no_grad; theta-step with G in train mode and the online
+network in eval mode; the teacher always in eval mode.
+
+The ``perf`` switches (sim_core/precision.py) change speed, not the algorithm: bf16 autocast around the network
+passes, TF32, channels_last, and gradient accumulation over ``perf.grad_accum`` micro-batches of this rank's
+shard, with the random draws of the global batch sliced exactly as without it (same parameters up to float
+summation order).
 
 A run directory holds: config.yaml (resolved), provenance.json, status.json, metrics.jsonl,
 checkpoint.pt (full state, written atomically), snapshots/ (EMA generator), samples/.
@@ -24,12 +32,13 @@ import torch
 import yaml
 
 from .checkpoint import CheckpointError, atomic_torch_save, atomic_write_json, atomic_write_text, load_checked
-from .config import RunConfig, parse_config
+from .config import ConfigError, RunConfig, parse_config
 from .distributed import DistEnv, from_environment
 from .ema import ema_beta, ema_update
-from .generator import OneStepGenerator, random_labels
+from .generator import OneStepGenerator
 from .losses import OnlineLoss
 from .methods import build_generator_loss
+from .precision import autocast, check_grad_accum, configure_backends, micro_batches, to_memory_format
 from .provenance import provenance
 from .time_dists import build_time_distribution
 
@@ -73,6 +82,55 @@ class MetricsLog:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.unsynced))
 
 
+# SiD's evaluation/snapshot cadence (sid_train.py: tick 10 kimg, snap 50 ticks; sid_training_loop.py also at
+# ticks 10, 20, ..., 100): every 100 kimg up to 1 Mimg, then every 500 kimg. Here on the image count itself.
+SID_EVAL_STEP_EARLY, SID_EVAL_EARLY_UNTIL, SID_EVAL_STEP_LATE = 100_000, 1_000_000, 500_000
+
+
+def _sid_marks_reached(nimg: int) -> int:
+    """How many of SiD's evaluation marks (100k, 200k, ..., 1M, 1.5M, 2M, ...) are <= nimg."""
+    early = min(nimg, SID_EVAL_EARLY_UNTIL) // SID_EVAL_STEP_EARLY
+    late = max(nimg - SID_EVAL_EARLY_UNTIL, 0) // SID_EVAL_STEP_LATE
+    return early + late
+
+
+def sid_eval_due(nimg_before: int, nimg_after: int) -> bool:
+    """True when a step that took the image count from nimg_before to nimg_after crossed (or reached) a mark of
+    SiD's cadence. SiD's own ticks end at the first multiple of the batch past each 10 kimg, so its marks drift
+    by up to one batch per tick; this schedule puts them at the exact image counts."""
+    return _sid_marks_reached(int(nimg_after)) > _sid_marks_reached(int(nimg_before))
+
+
+def dropout_settings(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
+    """Where a network keeps its dropout probability: every nn.Dropout's ``p`` and every numeric ``dropout``
+    attribute of a submodule (NVIDIA's UNetBlock keeps ``self.dropout`` and calls F.dropout with it)."""
+    found = []
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+            found.append((m, "p"))
+        v = getattr(m, "dropout", None)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            found.append((m, "dropout"))
+    return found
+
+
+def set_dropout(module: torch.nn.Module, p: float) -> int:
+    """Set every dropout probability of ``module`` to p; returns how many settings were changed."""
+    settings = dropout_settings(module)
+    for m, attr in settings:
+        setattr(m, attr, float(p))
+    return len(settings)
+
+
+def check_dropout(cfg: RunConfig, network: torch.nn.Module) -> None:
+    """networks.dropout > 0 needs a network that has dropout: a one-line error otherwise."""
+    p = cfg.networks.dropout
+    if p is not None and p > 0 and not dropout_settings(network):
+        raw = getattr(network, "model", network)  # the raw network inside EDMPrecond
+        raise ConfigError(f"networks.dropout={p}: the teacher's network ({type(raw).__name__}) has no dropout "
+                          "setting; leave networks.dropout unset")
+
+
 def read_metrics(run_dir) -> list[dict]:
     p = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in p.read_text().splitlines() if line] if p.exists() else []
@@ -86,17 +144,26 @@ class Distiller:
         self.cfg, self.run_dir, self.tracker = cfg, Path(run_dir), tracker
         self.dist = dist or DistEnv()
         self.shard = self.dist.shard(cfg.optim.batch_size)  # this rank's part of every global batch
+        # micro-batches of the shard (gradient accumulation); a shard that does not split fails here, before work
+        self.micro = micro_batches(self.shard.stop - self.shard.start, cfg.perf.grad_accum)
+        self.perf = cfg.perf
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.dtype = getattr(torch, cfg.dtype)
         self.device = self.dist.device(cfg.device)
+        self.backend_flags = configure_backends(cfg.perf, self.device)
         self.testbed = tb = testbed
         self.data_shape, self.label_dim = tuple(tb.data_shape), tb.label_dim
+        check_dropout(cfg, tb.D_teacher)
         torch.manual_seed(cfg.seed)
         self.D_teacher = tb.D_teacher.to(self.device, self.dtype).eval().requires_grad_(False)
+        to_memory_format(self.D_teacher, cfg.perf)
         # Generator and online network both start from the teacher (Appendix B.2).
         self.G = OneStepGenerator.from_teacher(self.D_teacher, cfg.generator.t_star).train().requires_grad_(True)
         self.D_fake = copy.deepcopy(self.D_teacher).train()
+        if cfg.networks.dropout is not None:  # the teacher keeps its own (it runs in eval mode anyway)
+            set_dropout(self.G, cfg.networks.dropout)
+            set_dropout(self.D_fake, cfg.networks.dropout)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         o = cfg.optim
         self.opt_gen = torch.optim.Adam(self.G.parameters(), lr=o.lr_gen, betas=o.betas, eps=o.eps)
@@ -117,39 +184,65 @@ class Distiller:
         """z and class labels of the global batch (every rank draws them all), cut to this rank's shard."""
         n = self.cfg.optim.batch_size
         z = self.G.sample_z(n, self.data_shape, self.rng, self.dtype, self.device)
-        labels = random_labels(n, self.label_dim, self.rng, self.dtype, self.device)
-        return z[self.shard], (labels[self.shard] if labels is not None else None)
+        labels = self.testbed.sample_labels(n, self.rng, self.dtype, self.device)  # CIFAR-10: training images'
+        return to_memory_format(z[self.shard], self.perf), (labels[self.shard] if labels is not None else None)
 
-    def _update(self, loss_local: torch.Tensor, net: torch.nn.Module, opt: torch.optim.Optimizer) -> torch.Tensor:
-        """Mean of the shard losses over ranks; if finite everywhere, backward, average gradients, step."""
-        loss = self.dist.mean(loss_local.detach())
+    def _accumulate(self, micro_loss: Callable, net: torch.nn.Module, opt: torch.optim.Optimizer) -> torch.Tensor:
+        """One optimiser step on the mean loss of this rank's shard, summed over its micro-batches.
+
+        ``micro_loss(part)`` is the mean loss of the micro-batch ``part`` (a slice of the shard); its network
+        passes run under autocast, its backward outside. Each micro-batch contributes its mean / grad_accum, so the
+        gradient is the shard mean's. The loss returned is the mean over ranks; only if it is finite are the
+        gradients averaged over ranks and the step taken (otherwise the loop reports the divergence).
+        """
         opt.zero_grad(set_to_none=True)
+        k = len(self.micro)
+        loss_local = None
+        for part in self.micro:
+            with autocast(self.perf, self.device):
+                loss_part = micro_loss(part)
+            if k > 1:
+                loss_part = loss_part / k
+            loss_part.backward()
+            loss_local = loss_part.detach() if loss_local is None else loss_local + loss_part.detach()
+        loss = self.dist.mean(loss_local)
         if loss.isfinite():
-            loss_local.backward()
             self.dist.average_gradients(net)
             opt.step()
         return loss
 
     def online_step(self) -> torch.Tensor:
         """psi-step: theta frozen, DSM of D_psi on sg(g_theta(z)) (Algorithm 2, first half)."""
-        self.D_fake.requires_grad_(True)
+        self.G.eval()  # SiD/DI: the psi-step's samples come from G in eval mode (dropout off) under no_grad
+        self.D_fake.train().requires_grad_(True)  # dropout on while the online network learns
         z, labels = self._draw()
         sigma, eps = self.online_loss.draw(self.cfg.optim.batch_size, self.data_shape, self.rng, self.dtype,
                                            self.device)
-        with torch.no_grad():
-            x0 = self.G(z, labels)
-        loss_local = self.online_loss.loss(self.D_fake, x0, labels, sigma[self.shard], eps[self.shard]).mean()
-        loss = self._update(loss_local, self.D_fake, self.opt_online)
+        sigma, eps = sigma[self.shard], to_memory_format(eps[self.shard], self.perf)
+
+        def micro_loss(part: slice) -> torch.Tensor:
+            lab = labels[part] if labels is not None else None
+            with torch.no_grad():
+                x0 = self.G(z[part], lab)
+            return self.online_loss.loss(self.D_fake, x0, lab, sigma[part], eps[part]).mean()
+        loss = self._accumulate(micro_loss, self.D_fake, self.opt_online)
         self.D_fake.requires_grad_(False)
         return loss
 
     def generator_step(self) -> torch.Tensor:
         """theta-step: psi frozen, the method's generator loss (Algorithm 2, second half)."""
+        self.G.train()  # SiD: G's dropout is active during its own update
+        self.D_fake.eval().requires_grad_(False)  # frozen parameters, differentiable in its input
         z, labels = self._draw()
         draw = self.gen_loss.draw_for(self.cfg.optim.batch_size, self.data_shape, self.rng, self.dtype, self.device)
-        x0 = self.G(z, labels)
-        loss_local = self.gen_loss.loss(x0, labels, self.D_teacher, self.D_fake, draw[self.shard]).mean()
-        return self._update(loss_local, self.G, self.opt_gen)
+        draw = draw[self.shard]
+        draw.eps = to_memory_format(draw.eps, self.perf)
+
+        def micro_loss(part: slice) -> torch.Tensor:
+            lab = labels[part] if labels is not None else None
+            x0 = self.G(z[part], lab)
+            return self.gen_loss.loss(x0, lab, self.D_teacher, self.D_fake, draw[part]).mean()
+        return self._accumulate(micro_loss, self.G, self.opt_gen)
 
     # ---- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -232,6 +325,17 @@ class Distiller:
     def _every(self, n: int) -> bool:
         return n > 0 and self.step % n == 0
 
+    def _eval_due(self, nimg_before: int) -> bool:
+        """Evaluate after this step? ('every': each eval_every steps; 'sid': SiD's cadence in images.)"""
+        if self.cfg.train.eval_schedule == "sid":
+            return sid_eval_due(nimg_before, self.nimg)
+        return self._every(self.cfg.train.eval_every)
+
+    def _snapshot_due(self, nimg_before: int) -> bool:
+        """Save an EMA snapshot after this step? ('sid': with every evaluation, as SiD; snapshot_every adds more.)"""
+        return self._every(self.cfg.train.snapshot_every) or (
+            self.cfg.train.eval_schedule == "sid" and sid_eval_due(nimg_before, self.nimg))
+
     # ---- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg, tc = self.cfg, self.cfg.train
@@ -254,6 +358,7 @@ class Distiller:
                 loss_gen = self.generator_step()
                 losses_finite = bool(loss_online.isfinite() and loss_gen.isfinite())
                 finite = losses_finite and _all_finite(list(self.G.parameters()) + list(self.D_fake.parameters()))
+                nimg_before = self.nimg
                 self.step += 1
                 self.nimg += cfg.optim.batch_size  # kimg counts generator images per iteration (as SiD)
                 if not finite:
@@ -270,9 +375,9 @@ class Distiller:
                     self.metrics.add(dict(step=self.step, nimg=self.nimg, loss_online=loss_online.item(),
                                           loss_gen=loss_gen.item(), sec_per_iter=round((now - t_last) / tc.log_every, 5)))
                     t_last = now
-                if self._every(tc.eval_every) or self.step == tc.iterations:
+                if self._eval_due(nimg_before) or self.step == tc.iterations:
                     self._evaluate()
-                if self._every(tc.snapshot_every) or self.step == tc.iterations:
+                if self._snapshot_due(nimg_before) or self.step == tc.iterations:
                     self.save_snapshot(f"ema-{self.step:08d}.pt")
                 if self._every(tc.sample_every) or self.step == tc.iterations:
                     self._save_samples(f"step-{self.step:08d}.png")
@@ -345,8 +450,10 @@ def distill(cfg: RunConfig, run_dir, testbed=None, evaluator=None, tracker_facto
     """
     from .testbeds import load_testbed
     dist = dist or from_environment(cfg.device)
-    dist.shard(cfg.optim.batch_size)  # a batch that does not split evenly fails before any work
+    shard = dist.shard(cfg.optim.batch_size)  # a batch that does not split evenly fails before any work
+    check_grad_accum(shard.stop - shard.start, cfg.perf.grad_accum)  # so does a shard that does not split
     testbed = testbed or load_testbed(cfg.testbed)
+    check_dropout(cfg, testbed.D_teacher)
     if dist.is_main:
         run_dir = prepare_run_dir(cfg, run_dir)
     dist.barrier()

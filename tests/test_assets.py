@@ -148,7 +148,7 @@ def test_missing_file_names_path_and_url(tmp_path):
     p = tmp_path / "edm-cifar10-32x32-cond-vp.pkl"
     assert one_line(e) == (f"asset teacher_cond: {p} not found; run `snakemake download_assets` or download "
                            "https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/edm-cifar10-32x32-cond-vp.pkl to "
-                           f"{p} (or set assets.paths.teacher_cond)")
+                           f"{p} (or set asset_files.paths.teacher_cond)")
 
 
 def test_missing_files_are_named_together_before_any_check(tmp_path):
@@ -173,7 +173,7 @@ def test_user_sha256_wins_and_a_wrong_one_fails_in_one_line(tmp_path):
     with pytest.raises(CheckpointError) as e:
         verify_assets(["inception"], tmp_path, sha256={"inception": wrong})
     assert one_line(e) == (f"asset inception: {inc} has SHA-256 {sha(inc)}, expected {wrong} "
-                           "(assets.sha256.inception)")
+                           "(asset_files.sha256.inception)")
     out = verify_assets(["inception"], tmp_path, sha256={"inception": sha(inc).upper()})
     assert out["inception"] == dict(path=str(inc), sha256=sha(inc), size=inc.stat().st_size, sha256_source="config")
     # checksums before content: a teacher pickle with a wrong checksum fails without opening it
@@ -181,9 +181,9 @@ def test_user_sha256_wins_and_a_wrong_one_fails_in_one_line(tmp_path):
     t.write_bytes(b"x")
     with pytest.raises(CheckpointError, match=f"asset teacher_uncond: {t} has SHA-256 {sha(t)}, expected 1{'0' * 63}"):
         verify_assets(["teacher_uncond"], tmp_path, sha256={"teacher_uncond": "1" + "0" * 63})
-    with pytest.raises(ConfigError, match="assets.sha256.inception: 'abc' is not a SHA-256"):
+    with pytest.raises(ConfigError, match="asset_files.sha256.inception: 'abc' is not a SHA-256"):
         verify_assets(["inception"], tmp_path, sha256={"inception": "abc"})
-    with pytest.raises(ConfigError, match="assets.sha256.teacher: unknown asset"):
+    with pytest.raises(ConfigError, match="asset_files.sha256.teacher: unknown asset"):
         verify_assets(["inception"], tmp_path, sha256={"teacher": wrong})
 
 
@@ -198,7 +198,7 @@ def test_overrides_point_at_files_elsewhere(tmp_path):
     assert out["inception"]["path"] == str(elsewhere)
     # the record is kept in the asset directory, under the manifest's file name
     assert read_sha256sums(d) == {"weights-inception-2015-12-05-6726825d.pth": sha(elsewhere)}
-    with pytest.raises(ConfigError, match="assets.paths.incepton: unknown asset; valid names: cifar10"):
+    with pytest.raises(ConfigError, match="asset_files.paths.incepton: unknown asset; valid names: cifar10"):
         resolve_paths(d, {"incepton": elsewhere})
 
 

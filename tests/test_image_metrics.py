@@ -79,6 +79,22 @@ def test_streaming_fid_equals_direct_and_torch_fidelity(d):
     assert fid_edm == pytest.approx(tf["frechet_inception_distance"], rel=1e-7)
     # identical statistics give 0 (up to round-off)
     assert abs(fid_from_stats(*gen.mean_cov(1), *gen.mean_cov(1))) < 1e-8
+    # the reference code's route (scipy sqrtm of the product) gives the same value as the default eigh route
+    assert fid_from_stats(*gen.mean_cov(1), *ref.mean_cov(1), method="sqrtm") == pytest.approx(fid_edm, rel=1e-9)
+
+
+def test_fid_eigh_route_equals_sqrtm_at_inception_size_with_rank_deficient_covariances():
+    """At 2048 dimensions with fewer samples than dimensions (singular covariances, as in short evaluations)
+    the fast route still equals scipy's sqrtm of the product, as EDM computes it."""
+    rng = np.random.default_rng(1)
+    x = _correlated(rng, 300, 2048)
+    A = rng.standard_normal((2048, 64))
+    mu_r, sigma_r = rng.standard_normal(2048) * 0.1, A @ A.T / 64 + 0.05 * np.eye(2048)
+    mu, sigma = x.mean(0), np.cov(x, rowvar=False)
+    fast = fid_from_stats(mu, sigma, mu_r, sigma_r)
+    assert fast == pytest.approx(fid_from_stats(mu, sigma, mu_r, sigma_r, method="sqrtm"), rel=1e-7)
+    with pytest.raises(ValueError, match="unknown method"):
+        fid_from_stats(mu, sigma, mu_r, sigma_r, method="svd")
 
 
 def test_feature_stats_merge_and_errors():

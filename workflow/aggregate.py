@@ -29,7 +29,8 @@ from workflow.schema import EXPERIMENTS  # noqa: E402  (one list of experiment n
 METHODS = ("sim", "sid", "di", "teacher")
 REQUIRED_KEYS = ("name", "experiment", "label", "method", "seed", "run_id")
 # testbed -> (headline metric, second metric), logged as eval/<key> and final/<key>
-METRICS = {"digits": ("fid", "isc"), "digits_cond": ("fid", "isc"), "gmm": ("fd", "modes_covered")}
+METRICS = {"digits": ("fid", "isc"), "digits_cond": ("fid", "isc"), "gmm": ("fd", "modes_covered"),
+           "cifar10": ("fid", "isc"), "cifar10_cond": ("fid", "isc")}
 METRIC_NAMES = {"fid": "FID", "isc": "Inception Score", "fd": "FD", "modes_covered": "modes covered"}
 LOWER_IS_BETTER = {"fid", "fd", "kid", "mode_mass_tv"}
 # our label -> (paper method, reproduced_by_authors or None for either); teacher rows map to EDM at equal NFE
@@ -256,6 +257,23 @@ def stat_text(summary: dict) -> str:
     return f"no finished seeds ({runs_text(summary)})"
 
 
+PROTOCOL_RULES = ("EDM protocol: min of 3 seed ranges", "SiD protocol: mean ± std of 10 trials")  # workflow/sweep.py
+
+
+def protocol_text(records, reader: "RunReader", summary: dict) -> str:
+    """A single CIFAR-10 run's FID the way its protocol reports it, naming the protocol in the cell:
+    '2.06 ± 0.02 (SiD protocol: mean ± std of 10 trials)' or '1.98 (EDM protocol: min of 3 seed ranges)';
+    '' where the records carry no FID protocol (toy scales: mean ± 95% CI over seeds)."""
+    rules = {rule for rec in records for rule in PROTOCOL_RULES if rule in rec.get("protocol", "")}
+    if summary["n"] != 1 or len(rules) != 1 or len(records) != 1:
+        return ""
+    rule = rules.pop()
+    if rule.startswith("EDM"):
+        return f"{_num(summary['mean'])} ({rule})"
+    spread = reader.headline(records[0]["run_id"], "fid_spread")
+    return f"{_num(summary['mean'])} ± {_num(spread, summary['mean'])} ({rule})"
+
+
 def claim_flag(sim: dict, other: dict, other_label: str) -> str:
     """The paper's claim 'SIM has lower FID than <other_label>', checked on our means and 95% CIs."""
     if sim is None or sim["n"] == 0:
@@ -316,11 +334,12 @@ def _our_row(which: str, label: str, records, reader: RunReader, paper: pd.DataF
     fid_key, is_key = metric_keys(records)
     fid, isc = summarize_label(records, reader, fid_key), summarize_label(records, reader, is_key)
     match = paper_match(which, label, records, paper)
+    fid_text = protocol_text(records, reader, fid) or stat_text(fid)
     row = dict(source="ours", group="reproduced here", method=label, nfe=_joined(records, "nfe"),
                reproduced_by_authors="", paper_fid=math.nan if match is None else float(match["fid"]),
                paper_row="" if match is None else f"{match['method']} (NFE {match['nfe']}"
                f"{', reproduced by SIM authors' if match['reproduced_by_authors'] == 'yes' else ''})",
-               fid=stat_text(fid), fid_mean=fid["mean"], fid_ci95=fid["half"], n_seeds=fid["n_seeds"],
+               fid=fid_text, fid_mean=fid["mean"], fid_ci95=fid["half"], n_seeds=fid["n_seeds"],
                n_finished=fid["n"], runs=runs_text(fid), scale=_joined(records, "scale"),
                dataset=_joined(records, "dataset"), protocol=_joined(records, "protocol"), flag="")
     row.update({"is": stat_text(isc) if isc["n"] else "", "is_mean": isc["mean"], "is_ci95": isc["half"]})
@@ -347,6 +366,10 @@ def caption(which: str, frame: pd.DataFrame) -> str:
     ours = frame[frame["source"] == "ours"]
     datasets = "; ".join(dict.fromkeys(d for d in ours["dataset"] if isinstance(d, str) and d)) or "unknown"
     scales = "; ".join(dict.fromkeys(s for s in ours["scale"] if isinstance(s, str) and s)) or "unknown"
+    if scales == "paper":
+        return (f"{PAPER_TITLE[which]} with our reproduction at paper scale ({datasets}, NVIDIA's EDM teachers): "
+                f"directly comparable with the paper's numbers where the budget and protocol match; each of our "
+                f"cells names its FID protocol. Diverged runs are listed, never dropped.")
     return (f"{PAPER_TITLE[which]} with our reproduction: our numbers are at {scales} scale on a different dataset "
             f"({datasets}) and are NOT comparable in absolute value to the paper's CIFAR-10 FIDs; only orderings "
             f"are compared. Ours: mean ± 95% t-interval over seeds; diverged seeds are listed, never dropped.")

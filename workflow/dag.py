@@ -14,7 +14,8 @@ from sim_core.config import ConfigError
 from .schema import ScaleConfig, load_scale
 from .sweep import Sweep, expand_cached
 
-OVERRIDABLE = ("executor", "tracking_uri", "tracking_server_host", "results_dir", "runs_per_job", "resources")
+OVERRIDABLE = ("executor", "tracking_uri", "tracking_server_host", "results_dir", "runs_per_job", "resources",
+               "default_resources", "asset_files")
 MANAGED_SERVER = "server"  # tracking_uri value: an MLflow server this DAG starts (workflow/tracking_server.py)
 _server_lock = threading.Lock()  # Snakemake runs rules as threads; the server's own lock is per process
 
@@ -29,15 +30,17 @@ def load(config: dict) -> tuple[ScaleConfig, Sweep, str]:
         raise ConfigError(f"unknown --config key(s) {sorted(bad)}; valid: scale, scale_config, {', '.join(OVERRIDABLE)}")
     S = load_scale(path)
     over = {k: config[k] for k in OVERRIDABLE if k in config}
-    if isinstance(over.get("resources"), dict):  # per kind of job, on top of the scale config's own
-        mine = S.model_dump()["resources"]
-        over["resources"] = {k: {**mine.get(k, {}), **(v if isinstance(v, dict) else {})}
-                             for k, v in {**mine, **over["resources"]}.items()}
     if over:
         from pydantic import ValidationError
         from sim_core.config import _format_error
+        base = S.model_dump(exclude_unset=True)  # only what the file says: merged resources stay sparse
+        for key in ("resources", "default_resources"):  # per kind of job, key by key on top of the file's
+            if isinstance(over.get(key), dict):
+                mine = base.get(key, {})
+                over[key] = {k: {**mine.get(k, {}), **(v if isinstance(v, dict) else {})}
+                             for k, v in {**mine, **over[key]}.items()}
         try:
-            S = ScaleConfig.model_validate({**S.model_dump(), **over})
+            S = ScaleConfig.model_validate({**base, **over})
         except ValidationError as e:
             raise ConfigError(f"bad --config override: {_format_error(e)}") from None
     uri = S.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
@@ -49,7 +52,7 @@ def launch_asset(S: ScaleConfig, name: str, out: str):
     from .jobs import build_asset
     from .launch import submit_and_wait
     return submit_and_wait(build_asset, (name, S.assets[name].model_dump(), out), f"asset-{name}",
-                           Path(S.results_dir) / "submitit" / "assets", S.executor, S.resources.get("teacher"),
+                           Path(S.results_dir) / "submitit" / "assets", S.executor, S.job_resources("teacher"),
                            job_files=[str(Path(out).with_suffix(".job.json"))])
 
 
@@ -57,8 +60,9 @@ def launch_group(S: ScaleConfig, SW: Sweep, group: str, uri: str):
     from .jobs import DistillJob
     from .launch import submit_and_wait
     specs = [asdict(SW.runs[n]) for n in SW.groups[group]]
-    result = submit_and_wait(DistillJob(), (specs, job_tracking_uri(S, uri), S.final_eval_seeds), f"distill-{group}",
-                             Path(S.results_dir) / "submitit" / "distill", S.executor, S.resources.get("distill"),
+    result = submit_and_wait(DistillJob(), (specs, job_tracking_uri(S, uri), S.final_eval_seeds, _threads(S),
+                                            S.final_eval_protocol), f"distill-{group}",
+                             Path(S.results_dir) / "submitit" / "distill", S.executor, S.job_resources("distill"),
                              job_files=[str(Path(s["run_dir"]) / "job.json") for s in specs])
     for rec in result:
         if rec["status"] not in ("finished", "diverged"):
@@ -70,9 +74,15 @@ def launch_teacher_rows(S: ScaleConfig, SW: Sweep, experiment: str, uri: str, ou
     from .jobs import teacher_rows
     from .launch import submit_and_wait
     return submit_and_wait(teacher_rows, (SW.teacher_rows[experiment], job_tracking_uri(S, uri),
-                                          S.base.get("eval", {}), out),
+                                          S.base.get("eval", {}), out, _threads(S), S.base.get("device", "cpu"),
+                                          S.final_eval_protocol),
                            f"teacher-rows-{experiment}", Path(S.results_dir) / "submitit" / "teacher_rows",
-                           S.executor, S.resources.get("teacher_rows"), job_files=[out + ".job.json"])
+                           S.executor, S.job_resources("teacher_rows"), job_files=[out + ".job.json"])
+
+
+def _threads(S: ScaleConfig):
+    """torch threads of a job: the runs' own setting (1 at toy scale; null at paper scale: torch's default)."""
+    return S.base.get("threads", 1)
 
 
 def launch_aggregate(S: ScaleConfig, SW: Sweep, target: str, experiment: str, uri: str, out_dir: str):
@@ -81,7 +91,7 @@ def launch_aggregate(S: ScaleConfig, SW: Sweep, target: str, experiment: str, ur
     manifest = str(Path(S.results_dir) / "manifests" / f"{target}.json")
     write_manifest(S, SW, experiment, manifest)
     return submit_and_wait(aggregate, (target, manifest, job_tracking_uri(S, uri), out_dir), f"aggregate-{target}",
-                           Path(S.results_dir) / "submitit" / "aggregate", S.executor, S.resources.get("aggregate"))
+                           Path(S.results_dir) / "submitit" / "aggregate", S.executor, S.job_resources("aggregate"))
 
 
 def write_manifest(S: ScaleConfig, SW: Sweep, experiment: str, out: str) -> list[dict]:
@@ -95,7 +105,7 @@ def write_manifest(S: ScaleConfig, SW: Sweep, experiment: str, out: str) -> list
     rows_file = Path(S.results_dir) / "teacher_rows" / f"{experiment}.json"
     if experiment in SW.teacher_rows and rows_file.exists():
         for rec in json.loads(rows_file.read_text()):
-            records.append({k: v for k, v in rec.items() if k not in ("final", "teacher", "classifier")} | {"name": f"teacher-nfe{rec['nfe']}-s{rec['seed']}"})
+            records.append({k: v for k, v in rec.items() if k not in ("final", "teacher", "classifier", "testbed_config")} | {"name": f"teacher-nfe{rec['nfe']}-s{rec['seed']}"})
     atomic_write_json(out, records)
     return records
 
@@ -123,3 +133,30 @@ def track_store(S: ScaleConfig, uri: str, out: str) -> None:
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     check_tracking(uri)
     atomic_write_json(out, {"tracking_uri": uri})
+
+
+def asset_fingerprint(SW: Sweep) -> str:
+    """Size and modification time of each paper-scale file ('missing' if absent): the verify_assets rule's
+    params, so that Snakemake checks a file again when it changes (a stat, not a hash: cheap at every parse)."""
+    parts = []
+    for name, path in sorted(SW.downloads.items()):
+        try:
+            st = os.stat(path)
+            parts.append(f"{name}:{st.st_size}:{int(st.st_mtime)}")
+        except OSError:
+            parts.append(f"{name}:missing")
+    return ",".join(parts)
+
+
+def verify_assets(S: ScaleConfig, SW: Sweep, out: str) -> dict:
+    """Checksums and content of every paper-scale file the experiments need (sim_core/assets.py)."""
+    from sim_core.assets import verify_assets as verify
+    info = verify(sorted(SW.downloads), S.asset_files.dir, S.asset_files.paths, S.asset_files.sha256)
+    atomic_write_json(out, info)
+    return info
+
+
+def download_assets(S: ScaleConfig, SW: Sweep) -> dict:
+    """Fetch the missing paper-scale files into asset_files.dir (or their asset_files.paths); verify the rest."""
+    from sim_core.assets import download_assets as download
+    return download(sorted(SW.downloads), S.asset_files.dir, S.asset_files.paths, S.asset_files.sha256)

@@ -50,7 +50,8 @@ def build_asset(name: str, spec: dict, out: str, threads: int = 1) -> dict:
                              seed=spec.get("seed", 0), **over)
 
 
-def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int], threads: int = 1) -> list[dict]:
+def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int], threads: int = 1,
+              final_eval_protocol: str | None = None) -> list[dict]:
     """Train (or resume, or skip if done) each run, evaluate its final EMA generator, log it all to MLflow.
 
     MLflow calls run in a tracker process (sim_core.tracking.TrackerProcess): the next run starts
@@ -62,7 +63,8 @@ def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int],
     from sim_core.tracking import BackgroundTracker, TrackerProcess
     worker = TrackerProcess() if _is_main_task() else None  # starts importing MLflow while torch loads here
     import torch
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     from sim_core.config import parse_config
     from sim_core.distributed import from_environment
     from sim_core.evaluate import evaluate_snapshot, latest_snapshot
@@ -106,7 +108,8 @@ def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int],
                 t1 = time.perf_counter()
                 final = {}
                 if status["status"] == "finished":
-                    final = evaluate_snapshot(cfg, latest_snapshot(run_dir), final_eval_seeds)
+                    final = evaluate_snapshot(cfg, latest_snapshot(run_dir), final_eval_seeds,
+                                              protocol=final_eval_protocol)
             except Exception:
                 if opened:  # the MLflow run says 'failed'; the traceback reaches Snakemake
                     opened[-1].finish({"status": "failed"})
@@ -153,8 +156,8 @@ class DistillJob(submitit.helpers.Checkpointable):
     (submitit's USR2), the loop finishes its iteration and checkpoints, then submitit requeues the same call,
     which skips the runs already done and resumes the others from their checkpoints (same MLflow runs)."""
 
-    def __call__(self, specs, tracking_uri, final_eval_seeds, threads: int = 1):
-        return run_group(specs, tracking_uri, final_eval_seeds, threads)
+    def __call__(self, specs, tracking_uri, final_eval_seeds, threads: int = 1, final_eval_protocol=None):
+        return run_group(specs, tracking_uri, final_eval_seeds, threads, final_eval_protocol)
 
 
 def _leave_for_requeue(status: dict, trackers: list) -> None:
@@ -187,33 +190,27 @@ def aggregate(target: str, manifest: str, tracking_uri: str, out_dir: str) -> li
     return out.getvalue().split()
 
 
-def teacher_rows(records: list[dict], tracking_uri: str, eval_cfg: dict, out: str, threads: int = 1) -> list[dict]:
-    """The teacher's own EDM Heun sampler at each NFE and seed, evaluated like the distilled generators;
-    one MLflow run per (NFE, seed) in the experiment of the table."""
+def teacher_rows(records: list[dict], tracking_uri: str, eval_cfg: dict, out: str, threads: int = 1,
+                 device: str = "cpu", protocol: str | None = None) -> list[dict]:
+    """The teacher's own EDM Heun sampler at each NFE and seed, evaluated like the distilled generators (at
+    CIFAR-10 by the same FID protocol); one MLflow run per (NFE, seed) in the experiment of the table."""
     import torch
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
     from sim_core.config import EvalConfig, TestbedConfig
-    from sim_core.sampler import heun_sampler
     from sim_core.testbeds import load_testbed
     from sim_core.tracking import ensure_experiment
     ecfg = EvalConfig(**eval_cfg)
     client = MlflowClient(tracking_uri)
     done = []
+    testbeds = {}
     for rec in records:
-        kind, conditional = ("digits", rec["testbed"] == "digits_cond") if rec["testbed"] != "gmm" else ("gmm", False)
-        tb_cfg = TestbedConfig(kind=kind, teacher=rec["teacher"], conditional=conditional,
-                               classifier=rec["classifier"])
-        tb = load_testbed(tb_cfg)
-        g = torch.Generator().manual_seed(10_000 + rec["seed"])
-        latents = torch.randn((ecfg.num_samples, *tb.data_shape), generator=g)
-        labels = None
-        if tb.label_dim:
-            labels = torch.nn.functional.one_hot(torch.randint(0, tb.label_dim, (ecfg.num_samples,), generator=g),
-                                                 tb.label_dim).float()
-        x = heun_sampler(tb.D_teacher, latents, labels, num_steps=(rec["nfe"] + 1) // 2)
-        metrics = tb.metrics(x, labels, ecfg)
+        tb_cfg = TestbedConfig(**rec["testbed_config"])
+        key = tb_cfg.model_dump_json()
+        tb = testbeds.get(key) or testbeds.setdefault(key, load_testbed(tb_cfg))
+        metrics = tb.teacher_metrics(rec["nfe"], rec["seed"], ecfg, protocol=protocol, device=device)
         exp_id = ensure_experiment(client, rec["experiment"], tracking_uri)
         run = client.create_run(exp_id, run_name=f"teacher-nfe{rec['nfe']}-s{rec['seed']}",
                                 tags={"status": "finished", "kind": "teacher", "scale": rec["scale"]})

@@ -38,7 +38,7 @@ class Row(_Strict):
 
 
 class Experiment(_Strict):
-    testbed: Literal["gmm", "digits", "digits_cond"]
+    testbed: Literal["gmm", "digits", "digits_cond", "cifar10", "cifar10_cond"]
     lrs: list[float] = Field(..., min_length=1)    # each used for both networks (as Table 5)
     seeds: list[int] = Field(..., min_length=1)
     rows: list[Row] = Field(..., min_length=1)
@@ -67,6 +67,15 @@ class Experiment(_Strict):
         return self
 
 
+class AssetFiles(_Strict):
+    """Where the paper-scale files live (sim_core/assets.py MANIFEST: teacher pickles, FID reference
+    statistics, Inception weights, CIFAR-10). `snakemake download_assets` fetches what is missing into ``dir``;
+    clusters without internet put the files there, or anywhere with ``paths``."""
+    dir: str = "data/paper-assets"          # outside results/: `make clean-results` keeps the downloads
+    paths: dict[str, str] = Field(default_factory=dict)   # asset name -> a file elsewhere
+    sha256: dict[str, str] = Field(default_factory=dict)  # asset name -> the checksum it must have (wins over all)
+
+
 JOB_KINDS = ("teacher", "distill", "teacher_rows", "aggregate")  # teacher: the toy assets; teacher_rows: evaluation
 
 
@@ -93,12 +102,18 @@ class ScaleConfig(_Strict):
     executor: Literal["local", "slurm"] = "local"
     runs_per_job: int = Field(1, ge=1)      # sweep points run one after another in one submitit job
     final_eval_seeds: list[int] = Field(default_factory=lambda: [1000])
-    assets: dict[str, AssetSpec]
+    final_eval_protocol: Optional[Literal["edm", "sid"]] = None  # CIFAR-10: FID reporting protocol of the final
+    #   evaluation (sim_core/image_metrics.py): EDM's min of 3 seed ranges or SiD's mean ± std of 10 trials
+    assets: dict[str, AssetSpec] = Field(default_factory=dict)   # built by the DAG (toy teachers, classifier)
+    asset_files: Optional[AssetFiles] = None                     # downloaded (paper scale)
     base: dict = Field(default_factory=dict)  # merged into every run's config
     experiments: dict[str, Experiment]
-    resources: dict[str, Resources] = Field(default_factory=dict)  # keys: JOB_KINDS; the slurm profile sets them
+    resources: dict[str, Resources] = Field(default_factory=dict)  # keys: JOB_KINDS (e.g. Table 5's 4 GPUs)
+    # Per kind of job, under `resources` (a profile's cluster defaults: partition, memory, time limits); merged
+    # key by key: Resources' own defaults < default_resources < resources < --config resources=...
+    default_resources: dict[str, Resources] = Field(default_factory=dict)
 
-    @field_validator("resources")
+    @field_validator("resources", "default_resources")
     @classmethod
     def _known_kinds(cls, v):
         bad = set(v) - set(JOB_KINDS)
@@ -111,7 +126,20 @@ class ScaleConfig(_Strict):
         bad = set(self.experiments) - set(EXPERIMENTS)
         if bad:
             raise ValueError(f"unknown experiment(s) {sorted(bad)}; valid names: {', '.join(EXPERIMENTS)}")
+        cifar = [n for n, e in self.experiments.items() if e.testbed.startswith("cifar10")]
+        if cifar and self.asset_files is None:
+            raise ValueError(f"experiments {cifar} use CIFAR-10: asset_files (where the teacher pickles, FID "
+                             "statistics and Inception weights are) is required")
+        if cifar and self.final_eval_protocol is None:
+            raise ValueError(f"experiments {cifar} use CIFAR-10: set final_eval_protocol (edm or sid)")
         return self
+
+    def job_resources(self, kind: str) -> Resources:
+        """Resources of one kind of job: default_resources, then resources, key by key."""
+        merged = {**self.default_resources[kind].model_dump(exclude_unset=True)} if kind in self.default_resources else {}
+        if kind in self.resources:
+            merged.update(self.resources[kind].model_dump(exclude_unset=True))
+        return Resources(**merged)
 
 
 def load_scale(path) -> ScaleConfig:

@@ -23,7 +23,12 @@ TESTBEDS = {
     "digits": ("teacher_digits", False, "sklearn 8x8 digits, unconditional"),
     "digits_cond": ("teacher_digits_cond", True, "sklearn 8x8 digits, class-conditional (10 labels)"),
     "gmm": ("teacher_gmm", False, "8-mode ring Gaussian mixture in 2-D"),
+    # paper scale: the assets are NVIDIA's files (sim_core/assets.py MANIFEST), downloaded, not built
+    "cifar10": ("teacher_uncond", False, "CIFAR-10 32x32, unconditional (EDM VP teacher)"),
+    "cifar10_cond": ("teacher_cond", True, "CIFAR-10 32x32, class-conditional (EDM VP teacher)"),
 }
+# files of the CIFAR-10 evaluation besides the teacher (the dataset: labels of training images, conditional only)
+CIFAR10_EVAL_ASSETS = ("inception", "fid_ref")
 
 
 def deep_merge(a: dict, b: dict) -> dict:
@@ -52,7 +57,8 @@ class Sweep:
     runs: dict                                  # name -> RunSpec
     groups: dict                                # group -> [run names]
     teacher_rows: dict                          # experiment -> list of teacher-row records
-    assets: dict                                # asset name -> path
+    assets: dict                                # asset name -> path (built by the DAG)
+    downloads: dict = field(default_factory=dict)  # paper-scale file name -> path (downloaded or put there)
 
     def experiment_runs(self, experiment: str) -> list:
         return [r for r in self.runs.values() if any(m["experiment"] == experiment for m in r.memberships)]
@@ -65,15 +71,57 @@ class Sweep:
 
     def to_dict(self) -> dict:
         return dict(runs={n: asdict(r) for n, r in self.runs.items()}, groups=self.groups,
-                    teacher_rows=self.teacher_rows, assets=self.assets)
+                    teacher_rows=self.teacher_rows, assets=self.assets, downloads=self.downloads)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Sweep":
-        return cls({n: RunSpec(**r) for n, r in d["runs"].items()}, d["groups"], d["teacher_rows"], d["assets"])
+        return cls({n: RunSpec(**r) for n, r in d["runs"].items()}, d["groups"], d["teacher_rows"], d["assets"],
+                   d["downloads"])
 
 
 def asset_path(scale: ScaleConfig, name: str) -> str:
+    if scale.asset_files is not None and name in download_paths(scale):
+        return download_paths(scale)[name]
     return str(Path(scale.results_dir) / "assets" / f"{name}.pt")
+
+
+def download_paths(scale: ScaleConfig) -> dict[str, str]:
+    """Where each paper-scale file is (asset_files.dir, or asset_files.paths); none without asset_files."""
+    if scale.asset_files is None:
+        return {}
+    from sim_core.assets import resolve_paths
+    return {n: str(p) for n, p in resolve_paths(scale.asset_files.dir, scale.asset_files.paths).items()}
+
+
+def testbed_section(scale: ScaleConfig, testbed: str) -> dict:
+    """The RunConfig ``testbed`` section of an experiment's testbed."""
+    asset, conditional, _ = TESTBEDS[testbed]
+    kind = "gmm" if testbed == "gmm" else "digits" if testbed.startswith("digits") else "cifar10"
+    section = {"kind": kind, "teacher": asset_path(scale, asset), "conditional": conditional}
+    if kind == "digits":
+        section["classifier"] = asset_path(scale, "classifier")
+    if kind == "cifar10":
+        section.update(inception=asset_path(scale, "inception"), fid_ref=asset_path(scale, "fid_ref"))
+        pins = scale.asset_files.sha256  # a user's pin replaces the published checksum (verify_assets checks all)
+        if pins.get(asset):
+            section["teacher_sha256"] = pins[asset]
+        if pins.get("inception"):
+            section["inception_sha256"] = pins["inception"]
+        if conditional:
+            section["dataset"] = asset_path(scale, "cifar10")
+    return section
+
+
+def needed_assets(scale: ScaleConfig) -> tuple[set, set]:
+    """(assets the DAG builds, files it downloads) that the experiments need."""
+    built, downloaded = set(), set()
+    for e in scale.experiments.values():
+        teacher = TESTBEDS[e.testbed][0]
+        if e.testbed.startswith("cifar10"):
+            downloaded |= {teacher, *CIFAR10_EVAL_ASSETS} | ({"cifar10"} if TESTBEDS[e.testbed][1] else set())
+        else:
+            built |= {teacher} | ({"classifier"} if e.testbed != "gmm" else set())
+    return built, downloaded
 
 
 def protocol(cfg: dict, scale: ScaleConfig) -> str:
@@ -82,6 +130,10 @@ def protocol(cfg: dict, scale: ScaleConfig) -> str:
     if tb == "digits":
         return (f"FID/KID/IS in digits-CNN features via torch-fidelity; EMA generator at the last iteration; "
                 f"{n} samples x {seeds} noise seed(s), mean; reference: 1438 train digits")
+    if tb == "cifar10":  # the protocol's own name and rule (sim_core/image_metrics.py FID_PROTOCOLS)
+        rule = {"edm": "EDM protocol: min of 3 seed ranges", "sid": "SiD protocol: mean ± std of 10 trials"}
+        return (f"FID/IS in Inception-v3 pool3 features (torch-fidelity weights) against EDM's cifar10-32x32.npz; "
+                f"EMA generator at the last iteration; {n} samples per trial; {rule[scale.final_eval_protocol]}")
     return f"Frechet distance to the true mixture's mean/cov; EMA generator; {n} samples x {seeds} seed(s)"
 
 
@@ -98,10 +150,7 @@ def expand(scale: ScaleConfig) -> Sweep:
         for row in exp.rows:
             for lr in exp.lrs:
                 for seed in (row.seeds if row.seeds is not None else exp.seeds):
-                    testbed = {"kind": "gmm" if exp.testbed == "gmm" else "digits",
-                               "teacher": asset_path(scale, asset), "conditional": conditional}
-                    if testbed["kind"] == "digits":
-                        testbed["classifier"] = asset_path(scale, "classifier")
+                    testbed = testbed_section(scale, exp.testbed)
                     cfg = deep_merge(scale.base, {"name": "", "scale": scale.scale, "seed": seed, "testbed": testbed,
                                                   "method": row.method, "optim": {"lr_gen": lr, "lr_online": lr}})
                     cfg = deep_merge(cfg, row.overrides)
@@ -134,22 +183,22 @@ def expand(scale: ScaleConfig) -> Sweep:
     for exp_name, exp in scale.experiments.items():
         if exp.teacher_nfe:
             asset, conditional, dataset = TESTBEDS[exp.testbed]
+            tb_section = testbed_section(scale, exp.testbed)
             teacher_rows[exp_name] = [dict(experiment=exp_name, label=f"Teacher (Heun, NFE {nfe})", method="teacher",
                                            alpha=None, time_dist=None, weighting=None, lr=None, seed=seed,
                                            testbed=exp.testbed, nfe=nfe, scale=scale.scale, dataset=dataset,
                                            protocol=f"EDM Heun sampler (rho = 7), {nfe} NFE, same features and "
                                                     f"sample count as the distilled rows",
-                                           teacher=asset_path(scale, asset),
-                                           classifier=asset_path(scale, "classifier") if exp.testbed != "gmm" else None)
+                                           teacher=tb_section["teacher"], classifier=tb_section.get("classifier"),
+                                           testbed_config=tb_section)
                                       for nfe in exp.teacher_nfe for seed in exp.teacher_seeds]
     assets = {name: asset_path(scale, name) for name in scale.assets}
-    needed = {TESTBEDS[e.testbed][0] for e in scale.experiments.values()}
-    if any(e.testbed != "gmm" for e in scale.experiments.values()):
-        needed.add("classifier")
+    needed, downloaded = needed_assets(scale)
     missing = needed - set(assets)
     if missing:
         raise ConfigError(f"bad scale config: assets: missing {sorted(missing)} needed by the experiments")
-    return Sweep(runs, groups, teacher_rows, assets)
+    downloads = {n: p for n, p in download_paths(scale).items() if n in downloaded}
+    return Sweep(runs, groups, teacher_rows, assets, downloads)
 
 
 def code_fingerprint() -> str:
