@@ -9,7 +9,7 @@ drift by several percent between minutes on a shared machine. Prints, per repeat
   vs bare:    (harness - bare) / bare;
   accounted:  (harness - compute) / compute, where compute is the training + final-evaluation time the job
               itself measured around distill() and the evaluation (done.json), so machine drift between
-              the two phases cancels. MLflow runs on a worker thread; its busy time is printed too.
+              the two phases cancels. MLflow runs in a tracker process; its busy time is printed too.
 Default: table1 of the toy scale (12 runs, ~3.5 min of training); `--experiment all`: every distillation run
 of the scale (toy: 51 runs, ~14 min), where the fixed costs (Snakemake start, the MLflow store) weigh less.
 
@@ -87,7 +87,7 @@ def main():
         tracking = sum(d.get("tracking_background", 0.0) for d in done)
         rows.append((bare, harness, compute, tracking))
         print(f"repeat {i}: bare {bare:7.1f} s | harness {harness:7.1f} s (in-job compute {compute:7.1f} s, "
-              f"MLflow on its worker thread {tracking:5.1f} s) | vs bare {(harness - bare) / bare:+.3f} | "
+              f"MLflow in its tracker process {tracking:5.1f} s) | vs bare {(harness - bare) / bare:+.3f} | "
               f"accounted {(harness - compute) / compute:+.3f}", flush=True)
     med = lambda xs: statistics.median(xs)  # noqa: E731
     print(f"\n{a.scale}/{a.experiment}: {n_runs} runs in {len(groups)} submitit job(s), one job at a time, "

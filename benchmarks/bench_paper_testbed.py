@@ -4,6 +4,7 @@ fid50k_full), the final evaluation by a FID protocol, and a teacher row (Heun sa
 images/s measured in this one run.
 
     python benchmarks/bench_paper_testbed.py --device cuda [--iterations 20] [--eval-samples 50000]
+    python benchmarks/bench_paper_testbed.py --tiny        # a small network on the CPU: checks that it works
 
 NVIDIA's files cannot be fetched here, so the script writes stand-ins in the same formats (a randomly initialised
 SongUNet as an EDM pickle, random Inception-v3 weights in torch-fidelity's format, reference statistics in EDM's
@@ -26,7 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def stand_in_assets(d: Path, label_dim: int) -> str:
+TINY = dict(img_resolution=8, in_channels=3, out_channels=3, augment_dim=9, model_channels=16, channel_mult=[1, 2],
+            num_blocks=1, attn_resolutions=[4], dropout=0.13)  # --tiny: a small SongUNet, for CI on a CPU
+
+
+def stand_in_assets(d: Path, label_dim: int, tiny: bool = False) -> str:
     """The three files, in their real formats; returns the Inception file's SHA-256 (not the published one)."""
     import nvidia_format as nv
     from test_image_metrics import _random_inception_state_dict
@@ -36,7 +41,8 @@ def stand_in_assets(d: Path, label_dim: int) -> str:
     from sim_core.image_metrics import save_reference_stats
     from sim_core.songunet import SongUNet, cifar10_ddpmpp_kwargs
     torch.manual_seed(0)
-    D = EDMPrecond(SongUNet(**cifar10_ddpmpp_kwargs(label_dim)), label_dim=label_dim).eval()
+    kwargs = dict(TINY, label_dim=label_dim) if tiny else cifar10_ddpmpp_kwargs(label_dim)
+    D = EDMPrecond(SongUNet(**kwargs), label_dim=label_dim).eval()
     nv.write_edm_pickle(d / MANIFEST.get("teacher_cond" if label_dim else "teacher_uncond").filename, D)
     inception = d / MANIFEST.get("inception").filename
     torch.save(_random_inception_state_dict(d), inception)
@@ -60,7 +66,11 @@ def main():
     ap.add_argument("--teacher-samples", type=int, default=5000)
     ap.add_argument("--tf32", action="store_true")
     ap.add_argument("--assets", help="a directory with the real files (default: stand-ins written here)")
+    ap.add_argument("--tiny", action="store_true", help="a small network and counts on the CPU (CI)")
     a = ap.parse_args()
+    if a.tiny:
+        a.device, a.iterations, a.batch, a.grad_accum = "cpu", 2, 4, 2
+        a.eval_samples, a.teacher_nfe, a.teacher_samples = 4, 3, 4
     from sim_core.config import parse_config
     from sim_core.evaluate import evaluate_snapshot, latest_snapshot
     from sim_core.testbeds import load_testbed
@@ -69,7 +79,7 @@ def main():
         tmp = Path(tmp)
         assets = Path(a.assets) if a.assets else tmp
         t0 = time.perf_counter()
-        inception_sha = None if a.assets else stand_in_assets(tmp, 0)
+        inception_sha = None if a.assets else stand_in_assets(tmp, 0, a.tiny)
         t_assets = time.perf_counter() - t0
         cfg = parse_config(dict(
             name="bench", scale="paper", device=a.device, threads=None,
@@ -79,7 +89,7 @@ def main():
             method=dict(name=a.method), optim=dict(batch_size=a.batch),
             perf=dict(grad_accum=a.grad_accum, tf32=a.tf32),
             train=dict(iterations=a.iterations, log_every=1, eval_every=0, checkpoint_every=0, progress=False),
-            eval=dict(num_samples=a.eval_samples, batch_size=500)))
+            eval=dict(num_samples=a.eval_samples, batch_size=min(500, a.eval_samples))))
         t0 = time.perf_counter()
         tb = load_testbed(cfg.testbed)
         t_load = time.perf_counter() - t0

@@ -43,3 +43,14 @@ def test_bench_gpu_iteration_tiny_on_cpu():
     assert abs(floor - sum(float(v) for _, v in passes)) < 0.05 * floor + 0.1
     ratio = float(re.search(r"ratio SIM iteration / floor: ([0-9.]+)", p.stdout).group(1))
     assert 0.05 < ratio < 20  # an iteration is its passes plus bookkeeping (wide: a shared CPU is noisy)
+
+
+def test_bench_paper_testbed_tiny_on_cpu():
+    """The paper-scale testbed benchmark runs end to end on stand-in files (small network, CPU) and prints its
+    timings; the full-size run is for GPUs (numbers in the README)."""
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_paper_testbed.py"), "--tiny"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert re.search(r"distillation: finished after 2 iterations", p.stdout)
+    assert re.search(r"final evaluation, edm protocol \(3 trials x 4\): [0-9.]+ s; FID [0-9.]+", p.stdout)
+    assert re.search(r"teacher row, Heun 3 NFE", p.stdout)

@@ -154,3 +154,21 @@ def test_tiny_paper_dag_end_to_end(tmp_path, assets):
     table = (results / "tables" / "table1.csv").read_text()
     assert "EDM protocol: min of 3 seed ranges" in table
     assert "Teacher (Heun, NFE 1)" in table
+
+
+def test_verify_assets_refuses_wrong_teacher_and_truncated_pickle(tmp_path):
+    """The asset check opens the pickles (restricted unpickler): a class-conditional checkpoint in the
+    unconditional teacher's place, and a truncated pickle, each fail in one line; nothing is pinned for them."""
+    from sim_core.assets import MANIFEST, verify_assets
+    from sim_core.checkpoint import CheckpointError
+    path = tmp_path / MANIFEST.get("teacher_uncond").filename
+    nv.write_edm_pickle(path, EDMPrecond(SongUNet(**SMALL, label_dim=10), label_dim=10).eval())
+    with pytest.raises(CheckpointError, match="conditional") as e:
+        verify_assets(["teacher_uncond"], tmp_path)
+    assert "\n" not in str(e.value) and path.name in str(e.value)
+    nv.write_edm_pickle(path, EDMPrecond(SongUNet(**SMALL, label_dim=0), label_dim=0).eval())
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(CheckpointError) as e:
+        verify_assets(["teacher_uncond"], tmp_path)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "SHA256SUMS").exists() or path.name not in (tmp_path / "SHA256SUMS").read_text()
