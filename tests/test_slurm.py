@@ -58,10 +58,10 @@ def _state(job_id: str) -> str:
     return rows[0][0] if rows else ""
 
 
-def _snakemake_slurm(results, *targets, extra=(), timeout=1200):
+def _snakemake_slurm(results, *targets, extra=(), config=(), timeout=1200):
     return subprocess.run(SNAKEMAKE + ["--profile", "slurm", *targets, "--quiet", "progress", *extra,
                                        "--config", "scale=smoke", f"results_dir={results}",
-                                       "tracking_server_host=127.0.0.1"],
+                                       "tracking_server_host=127.0.0.1", *config],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
@@ -74,7 +74,8 @@ def test_smoke_dag_through_the_slurm_profile_gives_the_local_tables(cluster, smo
     results = tmp_path / "results"
     t0 = time.time()
     try:
-        p = _snakemake_slurm(results, "all_tables")
+        # one GPU per distillation job on top of the profile's CPU/memory defaults (merged key by key)
+        p = _snakemake_slurm(results, "all_tables", config=["resources={distill: {gpus_per_node: 1}}"])
         assert p.returncode == 0, p.stderr[-4000:]
         print(f"smoke DAG on SLURM: {time.time() - t0:.0f} s")
         for table in ("table1", "table2"):  # same seeds, same numbers (the run names differ by results_dir)
@@ -85,12 +86,14 @@ def test_smoke_dag_through_the_slurm_profile_gives_the_local_tables(cluster, smo
                                       lr[1].drop(columns=["name"], errors="ignore"))
         tracking = json.loads((results / "tracking.json").read_text())["tracking_uri"]
         assert tracking.startswith("http://")  # the profile's managed MLflow server, not a shared sqlite file
-        # every distillation job went through SLURM with a (fake) GPU, as the profile asks
+        # every distillation job went through SLURM with the (fake) GPU asked for, and the profile's
+        # default_resources for the rest (slurm/cluster.yaml: 2 CPUs, 8 GB)
         jobs = {json.loads(f.read_text())["job_id"] for f in results.glob("runs/*/job.json")}
         assert jobs and all(json.loads(f.read_text())["cluster"] == "slurm" for f in results.glob("runs/*/job.json"))
         for job_id in jobs:
             ((state, tres),) = [r[1:] for r in _sacct("-j", job_id, "--format=JobID,State,AllocTRES")]
-            assert state == "COMPLETED" and "gres/gpu=1" in tres, (job_id, state, tres)
+            assert state == "COMPLETED" and "gres/gpu=1" in tres and "cpu=2" in tres and "mem=8G" in tres, \
+                (job_id, state, tres)
     finally:
         _stop_server(results)
 
