@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_iterations, beside this file
-from bench_iterations import iteration, make_distiller, no_sync, pass_floor, timed  # noqa: E402
+from bench_iterations import iteration, make_distiller, no_sync, pass_floor, report, timed  # noqa: E402
 
 from sim_core.edm import EDMPrecond  # noqa: E402
 from sim_core.nets import build_network  # noqa: E402
@@ -120,17 +120,7 @@ def main():
         iteration(d)  # Adam state exists, as in the loop
         floor = pass_floor(d, a.reps, sync, warmup=a.warmup)
 
-    print("\nmethod  ms/iter  iter/s  images/s  peak_GiB")
-    for m in METHODS:
-        s = per_iter[m]
-        print(f"{m:6s} {1000 * s:8.2f} {1 / s:7.3f} {a.batch / s:9.1f} {peak[m]:9.2f}")
-    total = sum(floor.values())
-    print("\nSIM iteration, its passes timed separately (ms):")
-    for k, v in floor.items():
-        print(f"  {k:36s} {1000 * v:8.2f}")
-    print(f"  {'sum of passes (floor)':36s} {1000 * total:8.2f}")
-    print(f"\nratio SIM iteration / floor: {per_iter['sim'] / total:.3f}")
-    print(f"ratio SiD / SIM: {per_iter['sid'] / per_iter['sim']:.3f}   DI / SIM: {per_iter['di'] / per_iter['sim']:.3f}")
+    report({m: per_iter[m] for m in METHODS}, floor, a.batch, peak)
 
 
 if __name__ == "__main__":

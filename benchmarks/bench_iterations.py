@@ -150,14 +150,21 @@ def main():
         per_iter = {m: statistics.median(t) for m, t in times.items()}
         d = make_distiller("sim", D, meta, a.batch, tmp)
         floor = pass_floor(d, a.reps)
-    print("\nmethod  ms/iter  iter/s  images/s (generator)")
+    report(per_iter, floor, a.batch)
+
+
+def report(per_iter: dict, floor: dict, batch: int, peak_gib: dict | None = None) -> None:
+    """Print seconds per iteration of each method (and its peak GPU memory), the SIM iteration's passes timed
+    separately, and the ratios."""
+    print("\nmethod  ms/iter  iter/s  images/s" + ("  peak_GiB" if peak_gib is not None else " (generator)"))
     for m, s in per_iter.items():
-        print(f"{m:6s} {1000 * s:8.2f} {1 / s:7.1f} {a.batch / s:9.0f}")
+        peak = f" {peak_gib[m]:9.2f}" if peak_gib is not None else ""
+        print(f"{m:6s} {1000 * s:8.2f} {1 / s:7.3f} {batch / s:9.1f}{peak}")
     total = sum(floor.values())
     print("\nSIM iteration, its passes timed separately (ms):")
     for k, v in floor.items():
-        print(f"  {k:36s} {1000 * v:7.2f}")
-    print(f"  {'sum of passes (floor)':36s} {1000 * total:7.2f}")
+        print(f"  {k:36s} {1000 * v:8.2f}")
+    print(f"  {'sum of passes (floor)':36s} {1000 * total:8.2f}")
     print(f"\nratio SIM iteration / floor: {per_iter['sim'] / total:.3f}")
     print(f"ratio SiD / SIM: {per_iter['sid'] / per_iter['sim']:.3f}   DI / SIM: {per_iter['di'] / per_iter['sim']:.3f}")
 

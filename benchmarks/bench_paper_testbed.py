@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,23 +33,11 @@ TINY = dict(img_resolution=8, in_channels=3, out_channels=3, augment_dim=9, mode
 def stand_in_assets(d: Path, label_dim: int, tiny: bool = False) -> str:
     """The three files, in their real formats; returns the Inception file's SHA-256 (not the published one)."""
     import nvidia_format as nv
-    from test_image_metrics import _random_inception_state_dict
-    from sim_core.assets import MANIFEST
-    from sim_core.checkpoint import sha256_file
     from sim_core.edm import EDMPrecond
-    from sim_core.image_metrics import save_reference_stats
     from sim_core.songunet import SongUNet, cifar10_ddpmpp_kwargs
     torch.manual_seed(0)
     kwargs = dict(TINY, label_dim=label_dim) if tiny else cifar10_ddpmpp_kwargs(label_dim)
-    D = EDMPrecond(SongUNet(**kwargs), label_dim=label_dim).eval()
-    nv.write_edm_pickle(d / MANIFEST.get("teacher_cond" if label_dim else "teacher_uncond").filename, D)
-    inception = d / MANIFEST.get("inception").filename
-    torch.save(_random_inception_state_dict(d), inception)
-    rng = np.random.default_rng(0)
-    A = rng.standard_normal((2048, 256))
-    save_reference_stats(d / MANIFEST.get("fid_ref").filename, rng.standard_normal(2048) * 0.1,
-                         A @ A.T / 256 + 0.05 * np.eye(2048))
-    return sha256_file(inception)
+    return nv.write_stand_in_paper_assets(d, EDMPrecond(SongUNet(**kwargs), label_dim=label_dim).eval(), rank=256)
 
 
 def main():

@@ -77,18 +77,31 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def check_file(path: str | Path, what: str, sha256: str | None = None, hint: str = "",
+               compute: bool = False) -> str | None:
+    """A file that must exist and, when ``sha256`` is given, have that checksum; one CheckpointError line
+    otherwise (``hint``: what to do, appended after '; '). Returns the file's SHA-256 when it was computed
+    (a pin was given, or ``compute``), else None."""
+    path = Path(path)
+    tail = f"; {hint}" if hint else ""
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}{tail}")
+    if sha256 is None and not compute:
+        return None
+    actual = sha256_file(path)
+    if sha256 is not None and actual != sha256.lower():
+        raise CheckpointError(f"{what} {path}: SHA-256 {actual[:16]}... does not match the expected "
+                              f"{sha256[:16]}...{tail}")
+    return actual
+
+
 def load_checked(path: str | Path, what: str, fmt: str | None = None, sha256: str | None = None) -> dict:
     """Load a torch file written by this project (weights_only: no code is executed).
 
     ``fmt`` is the expected value of the file's "format" key; ``sha256`` pins the file's checksum.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} not found: {path}")
-    if sha256 is not None:
-        actual = sha256_file(path)
-        if actual != sha256:
-            raise CheckpointError(f"{what} {path}: SHA-256 {actual[:16]}... does not match the expected {sha256[:16]}...")
+    check_file(path, what, sha256)
     import torch
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -32,7 +32,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, sha256_file
+from .checkpoint import CheckpointError, check_file
 from .config import ConfigError
 from .edm import EDMPrecond
 from .songunet import SONGUNET_DEFAULTS, SongUNet, uninitialized
@@ -287,12 +287,7 @@ def _check_label_dim(where: str, label_dim: int, expect_label_dim: Optional[int]
 def _read_checked(path, key: str, expect_label_dim: Optional[int], sha256: Optional[str]):
     """Unpickle and check everything; returns (meta, an uninitialised EDMPrecond on the CPU, tensors by name)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"EDM pickle not found: {path} (download it or fix the path)")
-    file_sha = sha256_file(path)
-    if sha256 is not None and file_sha != sha256.lower():
-        raise CheckpointError(f"EDM pickle {path}: SHA-256 {file_sha[:16]}... does not match the expected "
-                              f"{sha256[:16]}... (wrong or corrupt file; download it again)")
+    file_sha = check_file(path, "EDM pickle", sha256, "download it again or fix the path", compute=True)
     top = _unpickle(path)
     if not isinstance(top, dict):
         raise CheckpointError(f"EDM pickle {path} holds a {type(top).__name__}, not EDM's dict of networks")

@@ -27,7 +27,7 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from .checkpoint import CheckpointError, atomic_write_bytes, sha256_file
+from .checkpoint import CheckpointError, atomic_write_bytes, check_file, sha256_file
 from .inception import POOL3_DIM, check_images_uint8
 from .registry import Registry
 
@@ -156,14 +156,7 @@ def load_reference_stats(path, sha256: Optional[str] = None, dim: int = POOL3_DI
     """
     path = Path(path)
     what = "FID reference statistics"
-    if not path.is_file():
-        raise CheckpointError(f"{what} not found: {path}; for CIFAR-10 download {EDM_REF_URL} "
-                              f"(or write one with save_reference_stats)")
-    if sha256 is not None:
-        actual = sha256_file(path)
-        if actual != sha256.lower():
-            raise CheckpointError(f"{what} {path}: SHA-256 {actual[:16]}... does not match the expected "
-                                  f"{sha256[:16]}...")
+    check_file(path, what, sha256, f"for CIFAR-10 download {EDM_REF_URL} (or write one with save_reference_stats)")
     arrays = {}
     try:
         with np.load(path, allow_pickle=False) as npz:

@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from .checkpoint import CheckpointError, sha256_file
+from .checkpoint import CheckpointError, check_file
 
 # torch-fidelity 0.4.0, feature_extractor_inceptionv3.py: URL_INCEPTION_V3 (the weights its extractor downloads).
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -83,12 +83,7 @@ class InceptionFeatures:
     def __init__(self, weights_path, sha256: Optional[str] = INCEPTION_SHA256, device="cpu",
                  allow_tf32: bool = False):
         path = Path(weights_path)
-        if not path.is_file():
-            raise CheckpointError(f"Inception weights not found: {path}; {_fetch_hint(path)}")
-        actual = sha256_file(path)
-        if sha256 is not None and actual != sha256.lower():
-            raise CheckpointError(f"Inception weights {path}: SHA-256 {actual[:16]}... does not match the expected "
-                                  f"{sha256[:16]}...; {_fetch_hint(path)}")
+        actual = check_file(path, "Inception weights", sha256, _fetch_hint(path), compute=True)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated zip, garbage bytes, a pickle with code in it

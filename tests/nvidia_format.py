@@ -27,6 +27,7 @@ import sys
 import types
 from collections import OrderedDict
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -232,3 +233,21 @@ def randomize_(net: torch.nn.Module, seed: int) -> torch.nn.Module:
             else:
                 p.copy_(0.2 * torch.randn(p.shape, generator=g))
     return net
+
+
+def write_stand_in_paper_assets(d, D: EDMPrecond, rank: int = 64) -> str:
+    """The paper-scale files under their manifest names (sim_core/assets.py), as stand-ins in the real formats:
+    ``D`` as NVIDIA's EDM pickle, random Inception-v3 weights in torch-fidelity's format, and full-rank reference
+    statistics in EDM's npz format. Returns the Inception file's SHA-256 (not the published one)."""
+    from test_image_metrics import _random_inception_state_dict
+    from sim_core.assets import MANIFEST
+    from sim_core.checkpoint import sha256_file
+    from sim_core.image_metrics import save_reference_stats
+    write_edm_pickle(Path(d) / MANIFEST.get("teacher_cond" if D.label_dim else "teacher_uncond").filename, D)
+    inception = Path(d) / MANIFEST.get("inception").filename
+    torch.save(_random_inception_state_dict(Path(d)), inception)
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((2048, rank))
+    save_reference_stats(Path(d) / MANIFEST.get("fid_ref").filename, rng.standard_normal(2048) * 0.1,
+                         A @ A.T / rank + 0.05 * np.eye(2048))
+    return sha256_file(inception)

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -28,21 +27,10 @@ SMALL = dict(img_resolution=8, in_channels=3, out_channels=3, augment_dim=9, mod
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     """An asset directory with the manifest's file names (sim_core/assets.py), holding small stand-ins."""
-    from test_image_metrics import _random_inception_state_dict
-    from sim_core.assets import MANIFEST
-    from sim_core.checkpoint import sha256_file
-    from sim_core.image_metrics import save_reference_stats
     d = tmp_path_factory.mktemp("paper-assets")
     torch.manual_seed(0)
     D = EDMPrecond(nv.randomize_(SongUNet(**SMALL, label_dim=0), 1), label_dim=0).eval()
-    nv.write_edm_pickle(d / MANIFEST.get("teacher_uncond").filename, D)
-    inception = d / MANIFEST.get("inception").filename
-    torch.save(_random_inception_state_dict(d), inception)
-    rng = np.random.default_rng(0)
-    A = rng.standard_normal((2048, 64))
-    save_reference_stats(d / MANIFEST.get("fid_ref").filename, rng.standard_normal(2048) * 0.1,
-                         A @ A.T / 64 + 0.05 * np.eye(2048))
-    return d, sha256_file(inception)
+    return d, nv.write_stand_in_paper_assets(d, D)
 
 
 def cifar_config(assets, **train) -> dict:

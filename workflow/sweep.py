@@ -146,7 +146,7 @@ def expand(scale: ScaleConfig) -> Sweep:
         exp = scale.experiments.get(exp_name)
         if exp is None:
             continue
-        asset, conditional, dataset = TESTBEDS[exp.testbed]
+        dataset = TESTBEDS[exp.testbed][2]
         for row in exp.rows:
             for lr in exp.lrs:
                 for seed in (row.seeds if row.seeds is not None else exp.seeds):
@@ -182,7 +182,7 @@ def expand(scale: ScaleConfig) -> Sweep:
     teacher_rows = {}
     for exp_name, exp in scale.experiments.items():
         if exp.teacher_nfe:
-            asset, conditional, dataset = TESTBEDS[exp.testbed]
+            dataset = TESTBEDS[exp.testbed][2]
             tb_section = testbed_section(scale, exp.testbed)
             teacher_rows[exp_name] = [dict(experiment=exp_name, label=f"Teacher (Heun, NFE {nfe})", method="teacher",
                                            alpha=None, time_dist=None, weighting=None, lr=None, seed=seed,
