@@ -93,6 +93,10 @@ class MLflowTracker:
                 run = self.client.get_run(self.run_id)
                 self.synced_step = int(run.data.tags.get("synced_step", -1))
                 self.pending = []
+                # A sync cut short (the job killed between the metrics and the synced_step tag, which the
+                # store commits separately) leaves values past synced_step: never log those twice.
+                self.stored = {(key, m.step) for key in run.data.metrics
+                               for m in self.client.get_metric_history(self.run_id, key) if m.step > self.synced_step}
                 self.client.update_run(self.run_id, status="RUNNING")
                 return
             exp_id = ensure_experiment(self.client, experiment, tracking_uri)
@@ -109,27 +113,32 @@ class MLflowTracker:
             raise TrackingError(f"tracking store {tracking_uri}: {first}") from None
         self.synced_step = -1
         self.pending: list[dict] = []  # records not yet acknowledged by the store (a failed sync retries them)
+        self.stored: set[tuple[str, int]] = set()  # (key, step) past synced_step that the store already holds
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(id_file, {"run_id": self.run_id, "experiment": experiment, "tracking_uri": tracking_uri})
 
     def log_records(self, records: list[dict], up_to_step: int) -> None:
         """Take over ``records``; log those with synced_step < step <= up_to_step in batches, then remember
-        up_to_step. If the store fails, they stay pending and the next call retries them."""
+        up_to_step. If the store fails, they stay pending and the next call retries those the store does not
+        hold yet (each batch is committed on its own, and the synced_step tag after them)."""
         from mlflow.entities import Metric, RunTag
         self.pending = self.pending + [r for r in records if r["step"] > self.synced_step]
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, int(r["step"])) for r in self.pending if r["step"] <= up_to_step
                    for k, v in r.items() if k not in ("step",) and isinstance(v, (int, float))
-                   and not isinstance(v, bool) and math.isfinite(v)]
+                   and not isinstance(v, bool) and math.isfinite(v) and (k, int(r["step"])) not in self.stored]
         try:
             for i in range(0, len(metrics), MAX_BATCH):
-                self.client.log_batch(self.run_id, metrics=metrics[i:i + MAX_BATCH])
+                batch = metrics[i:i + MAX_BATCH]
+                self.client.log_batch(self.run_id, metrics=batch)
+                self.stored.update((m.key, m.step) for m in batch)
             self.client.log_batch(self.run_id, tags=[RunTag("synced_step", str(up_to_step))])
         except Exception as e:  # keep training: metrics.jsonl has everything, the next sync retries
             warnings.warn(f"MLflow logging failed, will retry at the next checkpoint: {str(e)[:200]}")
             return
         self.synced_step = up_to_step
         self.pending = [r for r in self.pending if r["step"] > up_to_step]
+        self.stored = {ks for ks in self.stored if ks[1] > up_to_step}
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         """Log one set of values at ``step`` regardless of the sync point (the final evaluation)."""

@@ -201,3 +201,42 @@ def test_failed_sync_keeps_records_pending_until_the_store_answers(tmp_path):
     assert tr.synced_step == 4 and tr.pending == []
     hist = MlflowClient(uri).get_metric_history(tr.run_id, "loss")
     assert sorted((m.step, m.value) for m in hist) == [(s, float(s)) for s in (1, 2, 3, 4)]
+
+
+def test_a_sync_cut_short_after_its_metrics_logs_nothing_twice(tmp_path):
+    """The store commits a batch's metrics and the synced_step tag separately. A job killed between the two
+    (as `scontrol requeue` can do) must not log those steps again when it resumes; nor may a retry in the
+    same process after the tag alone failed."""
+    from mlflow.tracking import MlflowClient
+    from sim_core.tracking import MLflowTracker
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    records = [{"step": s, "loss": float(s), "fid": 10.0 - s} for s in range(1, 13)]
+    tr = MLflowTracker(tmp_path / "r", uri, "e", "r", {"a": 1}, {})
+    tr.log_records(records[:4], 4)
+    real = tr.client.log_batch
+
+    def tag_fails(run_id, metrics=(), tags=()):
+        if tags:
+            raise RuntimeError("killed before the tag")
+        return real(run_id, metrics=metrics)
+    tr.client.log_batch = tag_fails
+    with pytest.warns(UserWarning, match="killed before the tag"):
+        tr.log_records(records[4:8], 8)
+    assert tr.synced_step == 4
+    tr.client.log_batch = real
+    # the same process retries at its next checkpoint
+    tr.log_records(records[8:10], 10)
+    assert tr.synced_step == 10
+    # a second cut-short sync, then the job dies: the resumed tracker reopens the run from mlflow.json
+    tr.client.log_batch = tag_fails
+    with pytest.warns(UserWarning):
+        tr.log_records(records[10:], 12)
+    resumed = MLflowTracker(tmp_path / "r", uri, "e", "r", {"a": 1}, {})
+    assert resumed.run_id == tr.run_id and resumed.synced_step == 10
+    assert resumed.stored == {(k, s) for s in (11, 12) for k in ("loss", "fid")}
+    resumed.log_records(records, 12)  # a resumed run hands over every record up to its checkpoint
+    assert resumed.synced_step == 12 and resumed.stored == set()
+    client = MlflowClient(uri)
+    for key in ("loss", "fid"):
+        steps = sorted(m.step for m in client.get_metric_history(tr.run_id, key))
+        assert steps == list(range(1, 13)), (key, steps)
