@@ -5,23 +5,66 @@
 
 both denoisers evaluated under no-grad, so the gradient reaches theta only through the explicit x0 factor:
 dL/dx0 = D_psi - D_q, which is t^2 (s_psi - s_q): the integral-KL gradient with weight t^2.
+
+gloss puts both denoisers in train mode, so their dropout is active, and restores the RNG state between the two
+calls: the teacher and the online network drop the same units (REFERENCE-CODE.md §3). ``train_mode_denoisers``
+does the same; it changes nothing for networks without dropout (the toy testbeds).
 """
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 from sim_core.lazy import torch  # imported at first use: validating a config needs no torch
 
 from sim_core.losses import GeneratorDraw, GeneratorLoss, per_sample_dot
 
 
+@contextmanager
+def train_mode(*nets):
+    """The nets in train mode for the block, then back in the modes they had."""
+    modes = [[m.training for m in net.modules()] for net in nets]
+    for net in nets:
+        net.train()
+    try:
+        yield
+    finally:
+        for net, mode in zip(nets, modes):
+            for m, training in zip(net.modules(), mode):
+                m.training = training
+
+
+def rng_state(device: torch.device):
+    """The state of the generator dropout draws from on ``device`` (CPU: the default generator)."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def set_rng_state(state, device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state, device)
+    else:
+        torch.set_rng_state(state)
+
+
 class DILoss(GeneratorLoss):
-    def __init__(self, time_dist, weighting: str = "nowgt"):
+    def __init__(self, time_dist, weighting: str = "nowgt", train_mode_denoisers: bool = True):
         super().__init__(time_dist, weighting)
+        self.train_mode_denoisers = bool(train_mode_denoisers)
+
+    def denoise(self, D_teacher, D_fake, x_t, sigma, class_labels):
+        """D_q(x_t) and D_psi(x_t); in train mode, with the same dropout masks in both (DI's gloss)."""
+        if not self.train_mode_denoisers:
+            return D_teacher(x_t, sigma, class_labels), D_fake(x_t, sigma, class_labels)
+        with train_mode(D_teacher, D_fake):
+            state = rng_state(x_t.device)
+            D_q = D_teacher(x_t, sigma, class_labels)
+            set_rng_state(state, x_t.device)  # the online network draws the teacher's masks again
+            D_psi = D_fake(x_t, sigma, class_labels)
+        return D_q, D_psi
 
     def loss(self, x0, class_labels, D_teacher, D_fake, draw: GeneratorDraw):
         sigma = draw.sigma
         with torch.no_grad():
             x_t = draw.x_t_of(x0)
-            D_q = D_teacher(x_t, sigma, class_labels)
-            D_psi = D_fake(x_t, sigma, class_labels)
+            D_q, D_psi = self.denoise(D_teacher, D_fake, x_t, sigma, class_labels)
             w = self.weighting(sigma, x0, D_q)
         return w * per_sample_dot(D_psi - D_q, x0)

@@ -50,11 +50,15 @@ class MethodConfig(_Strict):
     detach_direction: Optional[bool] = None  # ablation: stop the gradient through d'(y)
     # SiD only
     alpha: Optional[float] = None        # None: 1.2, SiD's published value; the SIM paper reproduces alpha = 1.0
+    # DI only: the teacher and the online network in train mode inside the generator loss, dropout active with the
+    # same masks in both (DI's gloss restores the RNG state between the two calls, REFERENCE-CODE.md §3).
+    # None: true, as DI's code. It only matters for networks with dropout (the CIFAR-10 teachers: 0.13).
+    train_mode_denoisers: Optional[bool] = None
 
     def loss_kwargs(self) -> dict:
         kw = dict(name=self.name, time_dist=self.time_dist, time_dist_params=self.time_dist_params,
                   weighting=self.weighting)
-        for key in ("distance", "space", "detach_direction", "alpha"):
+        for key in ("distance", "space", "detach_direction", "alpha", "train_mode_denoisers"):
             if getattr(self, key) is not None:
                 kw[key] = getattr(self, key)
         if self.distance_params:
@@ -67,16 +71,10 @@ class OnlineConfig(_Strict):
     time_dist_params: dict = Field(default_factory=dict)
     weighting: str = "lambda_edm"        # Table 5: lambda_EDM
     steps_per_iter: int = Field(1, ge=1)  # SiD/DI reference loops: one psi-step per theta-step
-    # Augmentation of the online network's inputs: the paper is silent; SiD/DI pass EDM's AugmentPipe (p = 0.12 on
-    # CIFAR-10, REFERENCE-CODE.md §2.2) into the fake-score loss. Not implemented here: 0 (off) is the only value.
-    augment_p: float = 0.0
-
-    @field_validator("augment_p")
-    @classmethod
-    def _no_augment_pipe(cls, v: float) -> float:
-        if v != 0.0:
-            raise ValueError(f"{v}: EDM's AugmentPipe is not implemented in this harness; use 0 (no augmentation)")
-        return v
+    # Augmentation of the online network's inputs (the psi-step's generated images): the paper is silent; SiD and
+    # DI pass EDM's AugmentPipe with CIFAR-10's setting (sim_core/augment.py) and p = 0.12 into the fake-score loss
+    # (REFERENCE-CODE.md §2.2, §2.4, §3). 0: off. Needs image data and a network with EDM's 9 augment labels.
+    augment_p: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class OptimConfig(_Strict):

@@ -13,13 +13,14 @@ from .weightings import get_weighting
 
 
 def edm_denoising_loss(D, x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor, weight: torch.Tensor,
-                       class_labels=None) -> torch.Tensor:
+                       class_labels=None, augment_labels=None) -> torch.Tensor:
     """lambda(t) ||D(x0 + t eps; t) - x0||^2 per sample (EDM loss, eq. B.2 / Algorithm 2's psi-step).
 
-    For the online network x0 must be the *detached* generator sample; for a teacher it is data.
+    For the online network x0 must be the *detached* generator sample; for a teacher it is data. With
+    augmentation, x0 is the augmented sample and ``augment_labels`` tell the network which transform it got.
     """
     x_t = edm.add_noise(x0, sigma, eps)
-    D_x = D(x_t, sigma, class_labels)
+    D_x = D(x_t, sigma, class_labels) if augment_labels is None else D(x_t, sigma, class_labels, augment_labels)
     return weight * (D_x - x0).pow(2).reshape(x0.shape[0], -1).sum(1)
 
 
@@ -37,10 +38,16 @@ class OnlineLoss:
         eps = torch.randn((n, *shape), generator=rng, dtype=dtype).to(device)
         return sigma, eps
 
-    def loss(self, D_fake, x0: torch.Tensor, class_labels, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        x0 = x0.detach()
+    def loss(self, D_fake, x0: torch.Tensor, class_labels, sigma: torch.Tensor, eps: torch.Tensor,
+             augment=None) -> torch.Tensor:
+        """``augment``: None, or (AugmentPipe, its drawn parameters for these samples). SiD and DI augment the
+        generated images of this step with EDM's AugmentPipe (REFERENCE-CODE.md §2.2, §3)."""
+        x0, augment_labels = x0.detach(), None
+        if augment is not None:
+            pipe, params = augment
+            x0, augment_labels = pipe.apply(x0, params)
         weight = edm.sigma_view(self.weighting(sigma), x0).flatten()
-        return edm_denoising_loss(D_fake, x0, sigma, eps, weight, class_labels)
+        return edm_denoising_loss(D_fake, x0, sigma, eps, weight, class_labels, augment_labels)
 
     def __call__(self, D_fake, x0: torch.Tensor, class_labels, rng: torch.Generator) -> torch.Tensor:
         sigma, eps = self.draw(x0.shape[0], x0.shape[1:], rng, x0.dtype, x0.device)

@@ -21,7 +21,8 @@ METHOD_DEFAULTS = {
     "di": dict(time_dist="p_edm", weighting="nowgt"),
 }
 # Keys that only some methods accept.
-METHOD_KEYS = {"sim": {"distance", "distance_params", "space", "detach_direction"}, "sid": {"alpha"}, "di": set()}
+METHOD_KEYS = {"sim": {"distance", "distance_params", "space", "detach_direction"}, "sid": {"alpha"},
+               "di": {"train_mode_denoisers"}}
 
 
 def build_generator_loss(name: str, time_dist: str | None = None, time_dist_params: dict | None = None,
@@ -41,6 +42,8 @@ def build_generator_loss(name: str, time_dist: str | None = None, time_dist_para
         kwargs["detach_direction"] = extra.get("detach_direction", False)
     elif name == "sid" and "alpha" in extra:
         kwargs["alpha"] = extra["alpha"]
+    elif name == "di" and "train_mode_denoisers" in extra:
+        kwargs["train_mode_denoisers"] = extra["train_mode_denoisers"]
     from .weightings import get_weighting
     get_weighting(kwargs["weighting"])  # fail early on an unknown weighting name
     return cls(**kwargs)

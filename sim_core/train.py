@@ -131,6 +131,23 @@ def check_dropout(cfg: RunConfig, network: torch.nn.Module) -> None:
                           "setting; leave networks.dropout unset")
 
 
+def build_augment_pipe(p: float, data_shape, network: torch.nn.Module):
+    """EDM's CIFAR-10 AugmentPipe with probability p for the psi-step, or None for p = 0. The network must take
+    the pipe's augment labels (EDM's map_augment), or it could not tell augmented images from generated ones:
+    a one-line error otherwise."""
+    if not p:
+        return None
+    from .augment import cifar10_augment_pipe
+    pipe = cifar10_augment_pipe(p)
+    raw = getattr(network, "model", network)  # the raw network inside EDMPrecond
+    augment_dim = getattr(raw, "init_kwargs", {}).get("augment_dim", 0)  # SongUNet's constructor arguments
+    if len(data_shape) != 3 or augment_dim != pipe.label_dim:
+        raise ConfigError(f"online.augment_p={p}: EDM's AugmentPipe needs images and a network with "
+                          f"augment_dim={pipe.label_dim}; this testbed has data of shape {list(data_shape)} and a "
+                          f"{type(raw).__name__} with augment_dim={augment_dim}; set online.augment_p to 0")
+    return pipe
+
+
 def read_metrics(run_dir) -> list[dict]:
     p = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in p.read_text().splitlines() if line] if p.exists() else []
@@ -171,6 +188,7 @@ class Distiller:
         self.gen_loss = build_generator_loss(**cfg.method.loss_kwargs())
         self.online_loss = OnlineLoss(build_time_distribution(cfg.online.time_dist, **cfg.online.time_dist_params),
                                       cfg.online.weighting)
+        self.augment_pipe = build_augment_pipe(cfg.online.augment_p, self.data_shape, self.D_fake)
         self.rng = torch.Generator().manual_seed(cfg.seed)
         self.step, self.nimg = 0, 0
         self.evaluator = None
@@ -219,12 +237,16 @@ class Distiller:
         sigma, eps = self.online_loss.draw(self.cfg.optim.batch_size, self.data_shape, self.rng, self.dtype,
                                            self.device)
         sigma, eps = sigma[self.shard], to_memory_format(eps[self.shard], self.perf)
+        aug = None
+        if self.augment_pipe is not None:  # drawn for the global batch, like every other draw of the step
+            aug = self.augment_pipe.draw(self.cfg.optim.batch_size, *self.data_shape[1:], self.rng)[self.shard]
 
         def micro_loss(part: slice) -> torch.Tensor:
             lab = labels[part] if labels is not None else None
             with torch.no_grad():
                 x0 = self.G(z[part], lab)
-            return self.online_loss.loss(self.D_fake, x0, lab, sigma[part], eps[part]).mean()
+            augment = (self.augment_pipe, aug[part]) if aug is not None else None
+            return self.online_loss.loss(self.D_fake, x0, lab, sigma[part], eps[part], augment).mean()
         loss = self._accumulate(micro_loss, self.D_fake, self.opt_online)
         self.D_fake.requires_grad_(False)
         return loss
@@ -250,7 +272,10 @@ class Distiller:
                     G=self.G.state_dict(), G_ema=self.G_ema.state_dict(), D_fake=self.D_fake.state_dict(),
                     opt_gen=self.opt_gen.state_dict(), opt_online=self.opt_online.state_dict(),
                     rng=self.rng.get_state(), torch_rng=torch.get_rng_state(),
-                    numpy_rng=_numpy_state(), python_rng=_python_state())
+                    numpy_rng=_numpy_state(), python_rng=_python_state(),
+                    # dropout on a GPU draws from the device's generator; every rank's matches rank 0's (same
+                    # seed, same number of draws), so rank 0's state restores them all
+                    cuda_rng=torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None)
 
     def load_state_dict(self, s: dict) -> None:
         self.G.load_state_dict(s["G"])
@@ -262,6 +287,8 @@ class Distiller:
         torch.set_rng_state(s["torch_rng"])
         np.random.set_state(_numpy_from(s["numpy_rng"]))
         random.setstate(_python_from(s["python_rng"]))
+        if self.device.type == "cuda" and s.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(s["cuda_rng"], self.device)
         self.step, self.nimg = int(s["step"]), int(s["nimg"])
 
     def save_checkpoint(self) -> None:

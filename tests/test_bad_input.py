@@ -38,6 +38,8 @@ CASES = {
     "alpha <= 1": (dict(method=dict(name="sim", distance="alpha_power", distance_params=dict(alpha=1.0))),
                    "alpha must be > 1"),
     "key of another method": (dict(method=dict(name="di", alpha=1.2)), "method di does not take alpha"),
+    "DI switch on SIM": (dict(method=dict(name="sim", train_mode_denoisers=False)),
+                         "method sim does not take train_mode_denoisers"),
     "typo key": (dict(optim=dict(batchsize=64)), "optim.batchsize: Extra inputs are not permitted"),
     "bad beta": (dict(optim=dict(betas=[0.0, 1.0])), "Adam betas must lie in [0, 1)"),
     "zero iterations": (dict(train=dict(iterations=0)), "train.iterations"),

@@ -245,3 +245,39 @@ def test_online_loss_does_not_reach_generator(shape):
         s = sigma.reshape(-1, *[1] * len(shape))
         expected = lambda_edm(sigma) * (fake(x0d + s * eps, sigma) - x0d).pow(2).reshape(B, -1).sum(1)
     tight(L.detach(), expected)
+
+
+# ------------------------------------------------------------------ Diff-Instruct: dropout as DI's gloss
+def test_diff_instruct_denoisers_in_train_mode_share_dropout_masks():
+    """DI's gloss runs the teacher and the online network in train mode with the same dropout masks: an online
+    network identical to its teacher then gives exactly zero loss and gradient, although dropout is active (the
+    outputs differ from eval mode, and from calls with independent masks). The modes are restored after."""
+    import copy
+    from sim_core.songunet import SongUNet
+    torch.manual_seed(0)
+    teacher = EDMPrecond(SongUNet(img_resolution=8, in_channels=3, out_channels=3, model_channels=8,
+                                  channel_mult=[1, 2], num_blocks=1, attn_resolutions=[], dropout=0.5)).double()
+    for p in teacher.parameters():  # EDM's zero-initialised output layers would hide dropout: randomise all
+        torch.nn.init.normal_(p, std=0.2)
+    teacher.eval().requires_grad_(False)
+    fake = copy.deepcopy(teacher).requires_grad_(False)
+    x0 = torch.randn(4, 3, 8, 8, dtype=DT, requires_grad=True)
+    draw = GeneratorDraw(torch.full((4,), 1.5, dtype=DT), torch.randn(4, 3, 8, 8, dtype=DT))
+    L = DILoss(TD).loss(x0, None, teacher, fake, draw)
+    (g,) = torch.autograd.grad(L.sum(), x0)
+    assert torch.count_nonzero(L) == 0 and torch.count_nonzero(g) == 0
+    assert not teacher.training and not fake.training and not any(m.training for m in fake.modules())
+
+    loss = DILoss(TD)
+    with torch.no_grad():
+        x_t = draw.x_t_of(x0)
+        D_q, _ = loss.denoise(teacher, fake, x_t, draw.sigma, None)
+        D_eval = teacher(x_t, draw.sigma)
+        fake.train()  # independent masks: two train-mode calls without restoring the RNG state
+        D_a, D_b = teacher.train()(x_t, draw.sigma), fake(x_t, draw.sigma)
+        teacher.eval(), fake.eval()
+    assert (D_q - D_eval).abs().max() > 1e-3 and (D_a - D_b).abs().max() > 1e-3
+
+    # the switch off: eval mode (no dropout), as SiD's theta-step
+    D_q_eval, D_psi_eval = DILoss(TD, train_mode_denoisers=False).denoise(teacher, fake, x_t, draw.sigma, None)
+    torch.testing.assert_close(D_q_eval, D_eval, rtol=0, atol=0)
