@@ -62,7 +62,7 @@ def config_line(a, device: torch.device, n_params: int) -> str:
     return (f"config: device={name} torch={torch.__version__} network={net} params={n_params:,} "
             f"cond={a.cond} batch={a.batch} reps={a.reps} tf32={a.tf32} bf16={a.bf16} "
             f"channels_last={a.channels_last} grad_accum={a.grad_accum} cudnn_benchmark={not a.no_cudnn_benchmark} "
-            f"dropout={'teacher' if a.dropout is None else a.dropout}")
+            f"dropout={'teacher' if a.dropout is None else a.dropout} augment_p={a.augment_p}")
 
 
 def main():
@@ -79,6 +79,8 @@ def main():
     ap.add_argument("--no-cudnn-benchmark", action="store_true")
     ap.add_argument("--dropout", type=float, help="networks.dropout for G and the online network; default: the "
                                                    "teacher's 0.13")
+    ap.add_argument("--augment-p", type=float, default=0.12, help="online.augment_p (EDM's AugmentPipe on the "
+                                                                  "psi-step's images); 0.12 as configs/scales/paper.yaml")
     ap.add_argument("--tiny", action="store_true", help="a very small SongUNet and batch 8 (checks the script)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     a = ap.parse_args()
@@ -93,7 +95,8 @@ def main():
     over = dict(device=a.device, threads=a.threads,
                 testbed=dict(kind="digits", teacher="unused.pt", conditional=a.cond),
                 perf=dict(tf32=a.tf32, bf16=a.bf16, channels_last=a.channels_last, grad_accum=a.grad_accum,
-                          cudnn_benchmark=not a.no_cudnn_benchmark))
+                          cudnn_benchmark=not a.no_cudnn_benchmark),
+                online=dict(augment_p=a.augment_p))
     if a.dropout is not None:
         over["networks"] = dict(dropout=a.dropout)
     torch.set_num_threads(a.threads)
