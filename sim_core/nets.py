@@ -67,4 +67,17 @@ def build_network(name: str, **kwargs) -> nn.Module:
     return NETWORKS.build(name, **kwargs)
 
 
+def dropout_settings(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
+    """Where a network keeps its dropout probability: every nn.Dropout's ``p`` and every numeric ``dropout``
+    attribute of a submodule (NVIDIA's UNetBlock keeps ``self.dropout`` and calls F.dropout with it)."""
+    found = []
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+            found.append((m, "p"))
+        v = getattr(m, "dropout", None)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            found.append((m, "dropout"))
+    return found
+
+
 from . import songunet  # noqa: E402,F401  (registers "songunet": EDM's DDPM++ SongUNet)

@@ -38,6 +38,7 @@ from .ema import ema_beta, ema_update
 from .generator import OneStepGenerator
 from .losses import OnlineLoss
 from .methods import build_generator_loss
+from .nets import dropout_settings
 from .precision import autocast, check_grad_accum, configure_backends, micro_batches, to_memory_format
 from .provenance import provenance
 from .time_dists import build_time_distribution
@@ -99,19 +100,6 @@ def sid_eval_due(nimg_before: int, nimg_after: int) -> bool:
     SiD's cadence. SiD's own ticks end at the first multiple of the batch past each 10 kimg, so its marks drift
     by up to one batch per tick; this schedule puts them at the exact image counts."""
     return _sid_marks_reached(int(nimg_after)) > _sid_marks_reached(int(nimg_before))
-
-
-def dropout_settings(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
-    """Where a network keeps its dropout probability: every nn.Dropout's ``p`` and every numeric ``dropout``
-    attribute of a submodule (NVIDIA's UNetBlock keeps ``self.dropout`` and calls F.dropout with it)."""
-    found = []
-    for m in module.modules():
-        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
-            found.append((m, "p"))
-        v = getattr(m, "dropout", None)
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            found.append((m, "dropout"))
-    return found
 
 
 def set_dropout(module: torch.nn.Module, p: float) -> int:
