@@ -26,9 +26,9 @@ def has_dropout(net) -> bool:
     """Whether ``net`` drops anything in train mode. Without dropout, train and eval mode compute the same (the
     networks here have no batch statistics), so the loss skips the mode switch and the RNG round trip, which
     cost ~13% of a toy network's theta-step (measured)."""
-    from sim_core.nets import dropout_settings
     settings = _DROPOUT_SETTINGS.get(net)
     if settings is None:
+        from sim_core.nets import dropout_settings
         settings = _DROPOUT_SETTINGS[net] = dropout_settings(net)
     return any(getattr(m, attr) > 0 for m, attr in settings)
 
