@@ -1,21 +1,21 @@
-# The paper's Tables 1-2 and Figure 2, regenerated: `snakemake --cores 2 all_tables` (toy scale, the default),
-# `--config scale=smoke` for CI, `--profile slurm` on a cluster. Rules live in workflow/rules/.
+# The paper's tables and figures, regenerated: `snakemake --cores 2 all_tables` (toy scale, the default),
+# `--config scale=smoke` for CI, `--profile slurm` on a cluster. Rules live in workflow/rules/; the tables and
+# figures they write are listed in workflow/report/__init__.py.
 import sys
 
-from sim_core.config import ConfigError
+from sim_core.errors import EXIT_BAD_INPUT, ConfigError
 from workflow import dag
+from workflow.report import FIGURES, TABLES
 
 try:
     S, SW, TRACKING_URI = dag.load(config)
 except ConfigError as e:  # a bad sweep config fails here, before any job, with one line naming the key
     sys.stderr.write(f"error: {e}\n")
-    sys.exit(2)
+    sys.exit(EXIT_BAD_INPUT)
 
 R = S.results_dir
-TABLES = ["table1", "table2"]
-FIGURES = {"figure2": ["figure2.png", "figure2.pdf"],
-           "fid_convergence": ["figure_b6_fid_convergence.png", "figure_b6_fid_convergence.pdf"],
-           "lr_sweep": ["lr_sweep.png", "lr_sweep.pdf", "lr_sweep.csv"]}
+TABLES_HERE = [t for t in TABLES if t in S.experiments]
+FIGURES_HERE = [f for f, (experiment, _) in FIGURES.items() if experiment in S.experiments]
 
 
 def table_files(t):
@@ -23,14 +23,13 @@ def table_files(t):
 
 
 def figure_files(f):
-    return [f"{R}/figures/{name}" for name in FIGURES[f]]
+    return [f"{R}/figures/{name}" for name in FIGURES[f][1]]
 
 
 rule all_tables:
     input:
-        [f for t in TABLES if t in S.experiments for f in table_files(t)],
-        [f for fig, exp in (("figure2", "figure2"), ("fid_convergence", "figure2"), ("lr_sweep", "lr_sweep"))
-         if exp in S.experiments for f in figure_files(fig)],
+        [f for t in TABLES_HERE for f in table_files(t)],
+        [f for fig in FIGURES_HERE for f in figure_files(fig)],
 
 
 include: "workflow/rules/assets.smk"

@@ -7,7 +7,7 @@ both denoisers evaluated under no-grad, so the gradient reaches theta only throu
 dL/dx0 = D_psi - D_q, which is t^2 (s_psi - s_q): the integral-KL gradient with weight t^2.
 
 gloss puts both denoisers in train mode, so their dropout is active, and restores the RNG state between the two
-calls: the teacher and the online network drop the same units (REFERENCE-CODE.md §3). ``train_mode_denoisers``
+calls: the teacher and the online network drop the same units (docs/reference-code.md). ``train_mode_denoisers``
 does the same; it changes nothing for networks without dropout (the toy testbeds).
 """
 from __future__ import annotations
@@ -15,9 +15,12 @@ from __future__ import annotations
 import weakref
 from contextlib import contextmanager
 
+from typing import Literal
+
 from sim_core.lazy import torch  # imported at first use: validating a config needs no torch
 
-from sim_core.losses import GeneratorDraw, GeneratorLoss, per_sample_dot
+from sim_core.core.losses import GeneratorLoss, NoiseDraw, per_sample_dot
+from sim_core.core.methods import MethodConfig
 
 _DROPOUT_SETTINGS = weakref.WeakKeyDictionary()  # network -> where it keeps its dropout probabilities (found once)
 
@@ -64,21 +67,33 @@ class DILoss(GeneratorLoss):
         super().__init__(time_dist, weighting)
         self.train_mode_denoisers = bool(train_mode_denoisers)
 
-    def denoise(self, D_teacher, D_fake, x_t, sigma, class_labels):
+    def denoise(self, D_teacher, D_psi, x_t, sigma, cond):
         """D_q(x_t) and D_psi(x_t); in train mode, with the same dropout masks in both (DI's gloss)."""
-        if not (self.train_mode_denoisers and (has_dropout(D_teacher) or has_dropout(D_fake))):
-            return D_teacher(x_t, sigma, class_labels), D_fake(x_t, sigma, class_labels)
-        with train_mode(D_teacher, D_fake):
+        if not (self.train_mode_denoisers and (has_dropout(D_teacher) or has_dropout(D_psi))):
+            return D_teacher(x_t, sigma, cond), D_psi(x_t, sigma, cond)
+        with train_mode(D_teacher, D_psi):
             state = rng_state(x_t.device)
-            D_q = D_teacher(x_t, sigma, class_labels)
+            D_q = D_teacher(x_t, sigma, cond)
             set_rng_state(state, x_t.device)  # the online network draws the teacher's masks again
-            D_psi = D_fake(x_t, sigma, class_labels)
-        return D_q, D_psi
+            D_psi_xt = D_psi(x_t, sigma, cond)
+        return D_q, D_psi_xt
 
-    def loss(self, x0, class_labels, D_teacher, D_fake, draw: GeneratorDraw):
+    def loss(self, x0, cond, D_teacher, D_psi, draw: NoiseDraw):
         sigma = draw.sigma
         with torch.no_grad():
-            x_t = draw.x_t_of(x0)
-            D_q, D_psi = self.denoise(D_teacher, D_fake, x_t, sigma, class_labels)
+            x_t = draw.x_t(x0)
+            D_q, D_psi_xt = self.denoise(D_teacher, D_psi, x_t, sigma, cond)
             w = self.weighting(sigma, x0, D_q)
-        return w * per_sample_dot(D_psi - D_q, x0)
+        return w * per_sample_dot(D_psi_xt - D_q, x0)
+
+
+class DIConfig(MethodConfig):
+    name: Literal["di"] = "di"
+    time_dist: str = "p_edm"              # DI's code: EDM's log-normal (P_mean -1.2, P_std 1.2)
+    weighting: str = "nowgt"              # DI's code: weight 1
+    # The teacher and the online network in train mode inside the generator loss, dropout active with the same
+    # masks in both, as DI's gloss. It only matters for networks with dropout (the CIFAR-10 teachers: 0.13).
+    train_mode_denoisers: bool = True
+
+    def build(self, warn: bool = True) -> DILoss:
+        return DILoss(self.time_distribution(), self.weighting, self.train_mode_denoisers)

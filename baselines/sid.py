@@ -9,27 +9,35 @@ With alpha = 1 this is half of SIM's L2 loss with the same weighting (tests/test
 """
 from __future__ import annotations
 
-import math
+from typing import Literal
 
-from sim_core.losses import GeneratorDraw, GeneratorLoss, per_sample_dot
-from sim_core.time_dists import TimeDistribution
+from sim_core.core.losses import GeneratorLoss, NoiseDraw, per_sample_dot
+from sim_core.core.methods import MethodConfig, finite
+from sim_core.core.time_dists import TimeDistribution
 
 
 class SiDLoss(GeneratorLoss):
     def __init__(self, time_dist: TimeDistribution, weighting: str = "sidwgt", alpha: float = 1.2):
         super().__init__(time_dist, weighting)
-        if not math.isfinite(alpha):
-            raise ValueError(f"method sid: alpha must be finite, got {alpha}")
-        self.alpha = float(alpha)
+        self.alpha = finite("sid", float(alpha), "alpha")
 
-    def loss(self, x0, class_labels, D_teacher, D_fake, draw: GeneratorDraw):
+    def loss(self, x0, cond, D_teacher, D_psi, draw: NoiseDraw):
         sigma = draw.sigma
-        x_t = draw.x_t_of(x0)
-        D_q = D_teacher(x_t, sigma, class_labels)
-        D_psi = D_fake(x_t, sigma, class_labels)
-        Delta = D_q - D_psi
+        x_t = draw.x_t(x0)
+        D_q = D_teacher(x_t, sigma, cond)
+        Delta = D_q - D_psi(x_t, sigma, cond)
         w = self.weighting(sigma, x0, D_q)
         return w * per_sample_dot(Delta, (D_q - x0) - self.alpha * Delta)
 
     def describe(self):
         return {**super().describe(), "alpha": self.alpha}
+
+
+class SiDConfig(MethodConfig):
+    name: Literal["sid"] = "sid"
+    time_dist: str = "karr_sid"           # SiD's code: continuous Karras draw up to tmax = 800 of 1000
+    weighting: str = "sidwgt"             # SiD's code: 1 / mean|x0 - D_q| under stop-gradient
+    alpha: float = 1.2                    # SiD's published value; the SIM paper reproduces alpha = 1.0
+
+    def build(self, warn: bool = True) -> SiDLoss:
+        return SiDLoss(self.time_distribution(), self.weighting, self.alpha)

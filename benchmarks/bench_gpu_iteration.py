@@ -30,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_iterations, beside this file
 from bench_iterations import iteration, make_distiller, no_sync, pass_floor, report, timed  # noqa: E402
 
-from sim_core.edm import EDMPrecond  # noqa: E402
+from sim_core.core.edm import EDMPrecond  # noqa: E402
 from sim_core.nets import build_network  # noqa: E402
-from sim_core.songunet import cifar10_ddpmpp_kwargs  # noqa: E402
+from sim_core.nets.songunet import cifar10_ddpmpp_kwargs  # noqa: E402
 
 METHODS = ("sim", "sid", "di")
 

@@ -33,9 +33,9 @@ BARE = """
 import sys, time, json, torch
 torch.set_num_threads(1)
 from workflow.dag import load
-from sim_core.config import parse_config
-from sim_core.train import distill
-from sim_core.evaluate import evaluate_snapshot, latest_snapshot
+from sim_core.train.config import parse_config
+from sim_core.train.loop import distill
+from sim_core.train.evaluate import evaluate_snapshot, latest_snapshot
 S, SW, _ = load({"scale": sys.argv[1], "results_dir": sys.argv[2]})
 for run in SW.runs.values():
     if sys.argv[3] != "all" and run.owner != sys.argv[3]:

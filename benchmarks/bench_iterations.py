@@ -15,16 +15,16 @@ import time
 
 import torch
 
-from sim_core.config import parse_config
-from sim_core.edm import EDMPrecond
-from sim_core.ema import ema_beta, ema_update
-from sim_core.generator import random_labels
-from sim_core.nets import ResidualMLP
-from sim_core.precision import autocast, to_memory_format
-from sim_core.teacher import load_teacher
-from sim_core.testbeds import Testbed
-from sim_core.toy_assets import TEACHER_DEFAULTS
-from sim_core.train import Distiller
+from sim_core.train.config import parse_config
+from sim_core.core.edm import EDMPrecond
+from sim_core.core.ema import ema_beta, ema_update
+from sim_core.core.generator import random_labels
+from sim_core.nets.mlp import ResidualMLP
+from sim_core.train.precision import autocast, to_memory_format
+from sim_core.testbeds.edm_teacher import load_teacher
+from sim_core.testbeds.base import Testbed
+from sim_core.testbeds.digits.testbed import TEACHER_DEFAULTS
+from sim_core.train.loop import Distiller
 
 
 def no_sync() -> None:
@@ -55,8 +55,8 @@ def make_distiller(method: str, D, meta, batch: int, run_dir: str, **over) -> Di
 
 
 def iteration(d: Distiller):
-    d.online_step()
-    d.generator_step()
+    d.psi_step()
+    d.theta_step()
     d.nimg += d.cfg.optim.batch_size
     ema_update(d.G_ema, d.G, ema_beta(d.nimg, d.cfg.optim.batch_size))
 
@@ -78,15 +78,15 @@ def pass_floor(d: Distiller, reps: int, sync=no_sync, warmup: int = 5) -> dict:
                 d.G(z, labels)
 
     def fake_train():  # psi-step forward + backward to the parameters
-        d.D_fake.train().requires_grad_(True)
+        d.D_psi.train().requires_grad_(True)
         for _ in range(k):
             with autocast(d.perf, d.device):
-                loss = (d.D_fake(x_t, sigma, labels) - z).pow(2).sum()
+                loss = (d.D_psi(x_t, sigma, labels) - z).pow(2).sum()
             loss.backward()
-        d.D_fake.requires_grad_(False)
+        d.D_psi.requires_grad_(False)
 
     def adam_online():
-        d.opt_online.step()
+        d.opt_psi.step()
 
     def gen_fwd_bwd():  # the generator's share of the theta-step
         d.G.train()
@@ -106,7 +106,7 @@ def pass_floor(d: Distiller, reps: int, sync=no_sync, warmup: int = 5) -> dict:
         return f
 
     def adam_gen():
-        d.opt_gen.step()
+        d.opt_theta.step()
 
     def ema():
         ema_update(d.G_ema, d.G, 0.999)
@@ -116,7 +116,7 @@ def pass_floor(d: Distiller, reps: int, sync=no_sync, warmup: int = 5) -> dict:
     gen_fwd_bwd()
     parts = dict(gen_forward_nograd=gen_nograd, online_forward_backward=fake_train, adam_online=adam_online,
                  gen_forward_backward=gen_fwd_bwd, teacher_forward_backward_to_input=frozen_fwd_bwd_input(d.D_teacher),
-                 online_forward_backward_to_input=frozen_fwd_bwd_input(d.D_fake), adam_gen=adam_gen, ema=ema)
+                 online_forward_backward_to_input=frozen_fwd_bwd_input(d.D_psi), adam_gen=adam_gen, ema=ema)
     return {name: timed(f, reps, warmup, sync) for name, f in parts.items()}
 
 
@@ -131,7 +131,7 @@ def main():
     if a.teacher:
         D, meta = load_teacher(a.teacher)
     else:
-        hp = TEACHER_DEFAULTS["digits"]
+        hp = TEACHER_DEFAULTS
         torch.manual_seed(0)
         D = EDMPrecond(ResidualMLP((1, 8, 8), hidden=hp["hidden"], blocks=hp["blocks"]))
         meta = dict(data_shape=[1, 8, 8], label_dim=0)

@@ -1,7 +1,8 @@
-"""Paper-scale assets: the manifest of files the CIFAR-10 runs need, their checksums, checks and downloads.
+"""Downloaded assets: the manifest of files the paper-scale runs need, their checksums, checks and downloads.
 
-Every file is named in :data:`MANIFEST` (teacher pickles, FID reference statistics, Inception weights, the
-CIFAR-10 archive, SiD's released generators). Files live in one asset directory under their manifest file names,
+Every file is named in :data:`MANIFEST`; each testbed registers its own files (``register_asset``) and the content
+checks of their kinds (``VALIDATORS``) in its folder (CIFAR-10: sim_core/testbeds/cifar10/assets.py: teacher
+pickles, FID reference statistics, Inception weights, the CIFAR-10 archive, SiD's released generators). Files live in one asset directory under their manifest file names,
 or anywhere else through per-asset path overrides (``asset_files.paths.<name>`` in config), because cluster nodes
 often have no internet and keep such files on shared storage.
 
@@ -47,8 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from .checkpoint import CheckpointError, atomic_write_text
-from .registry import Registry, UnknownNameError
+from sim_core.errors import CheckpointError, ConfigError
+from sim_core.files import atomic_write_text
+from sim_core.registry import Registry, UnknownNameError
 
 SHA256SUMS = "SHA256SUMS"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -73,77 +75,35 @@ class Asset:
 
 
 MANIFEST = Registry("asset")
+VALIDATORS = Registry("asset kind")  # kind -> fn(path, asset), raising CheckpointError
+# kind -> fn(asset, directory) -> total size: kinds whose file may be replaced by an extracted directory
+DIRECTORY_CHECKS = Registry("asset directory kind")
 
 
-def _add(asset: Asset) -> None:
+def register_asset(asset: Asset) -> None:
     if any(MANIFEST.get(n).filename == asset.filename for n in MANIFEST.names()):
         raise ValueError(f"asset file name {asset.filename} is used twice")
     MANIFEST.register(asset.name, asset)
 
 
-_EDM = "https://nvlabs-fi-cdn.nvidia.com/edm"  # EDM README, pretrained models and FID reference statistics
-_SID = "https://huggingface.co/UT-Austin-PML/SiD/resolve/main"  # SiD README, released CIFAR-10 generators
-
-# sha256=None: NVIDIA publishes no checksums for these (EDM README); pinned in SHA256SUMS on first use.
-_add(Asset("teacher_uncond", "edm-cifar10-32x32-uncond-vp.pkl", (f"{_EDM}/pretrained/edm-cifar10-32x32-uncond-vp.pkl",),
-           "edm_pickle", "EDM teacher, CIFAR-10 unconditional, VP/DDPM++ (FID 1.97 at 35 NFE)",
-           params={"label_dim": 0}))
-_add(Asset("teacher_cond", "edm-cifar10-32x32-cond-vp.pkl", (f"{_EDM}/pretrained/edm-cifar10-32x32-cond-vp.pkl",),
-           "edm_pickle", "EDM teacher, CIFAR-10 class-conditional, VP/DDPM++ (FID 1.79 at 35 NFE)",
-           params={"label_dim": 10}))
-# sha256=None: no published checksum (EDM README); pinned on first use.
-_add(Asset("fid_ref", "cifar10-32x32.npz", (f"{_EDM}/fid-refs/cifar10-32x32.npz",),
-           "fid_ref", "EDM's FID reference statistics (mu, sigma) of the 50k CIFAR-10 training images"))
-# SHA-256: torch hub's convention puts the hash prefix 6726825d in the file name (torch.hub.check_hash), and the
-# full value is the one recorded for this file by public projects that pin it (with its size, 95,628,359 bytes);
-# pytorch-fid's pt_inception-2015-12-05-6726825d.pth carries the same SHA-256.
-_add(Asset("inception", "weights-inception-2015-12-05-6726825d.pth",
-           ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
-            "weights-inception-2015-12-05-6726825d.pth",),
-           "inception", "torch-fidelity's Inception-v3 weights (the TF FID graph of 2015-12-05)",
-           sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2", size=95_628_359,
-           # tensors that torch-fidelity's FeatureExtractorInceptionV3 builds: BasicConv2d(3, 32, kernel_size=3)
-           # (conv without bias) and nn.Linear(2048, 1008) (torch_fidelity/feature_extractor_inceptionv3.py)
-           params={"tensors": {"Conv2d_1a_3x3.conv.weight": (32, 3, 3, 3), "fc.weight": (1008, 2048)}}))
-# MD5 c58f...: the checksum torchvision's CIFAR10 class checks (tgz_md5), and its per-file MD5s for an extracted
-# directory (train_list, test_list, meta in torchvision/datasets/cifar.py). SHA-256 unknown to the project:
-# pinned on first use. Size 170,498,071 bytes: as recorded with that MD5 by public reports of the archive.
-_add(Asset("cifar10", "cifar-10-python.tar.gz", ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
-           "cifar10", "CIFAR-10 python version (labels of training images for conditional runs)",
-           md5="c58f30108f718f92721af3b95e74349a", size=170_498_071,
-           params={"train_count": 50000, "test_count": 10000,  # CIFAR-10 page: 5 x 10000 train, 10000 test
-                   "member_md5": {"data_batch_1": "c99cafc152244af753f735de768cd75f",
-                                  "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-                                  "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
-                                  "data_batch_4": "634d18415352ddfa80567beed471001a",
-                                  "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-                                  "test_batch": "40351d587109b95175f43aff81a1287e",
-                                  "batches.meta": "5ff9c542aee3614f3951f8cda6e48888"}}))
-# Optional, for calibrating the metric (expected FID ~1.92 uncond / ~1.71 cond, SiD README). sha256=None: the
-# Hugging Face page lists none that we could fetch here; pinned on first use. Same pickle format as EDM's.
-_add(Asset("sid_uncond", "sid-cifar10-uncond-alpha1.2-network-snapshot-1.200000-403968.pkl",
-           (f"{_SID}/cifar10-uncond/alpha1.2/network-snapshot-1.200000-403968.pkl",),
-           "edm_pickle", "SiD's released one-step generator, CIFAR-10 unconditional, alpha 1.2",
-           params={"label_dim": 0}, optional=True))
-_add(Asset("sid_cond", "sid-cifar10-cond-alpha1.2-network-snapshot-1.200000-713312.pkl",
-           (f"{_SID}/cifar10-cond/alpha1.2/network-snapshot-1.200000-713312.pkl",),
-           "edm_pickle", "SiD's released one-step generator, CIFAR-10 class-conditional, alpha 1.2",
-           params={"label_dim": 10}, optional=True))
-
-DIRECTORY_KINDS = {"cifar10"}  # kinds whose file may be replaced by an extracted directory
+def _load_manifest() -> None:
+    """Import every testbed's declaration: the testbeds register their files when they are declared."""
+    from sim_core.testbeds import TESTBEDS
+    for name in TESTBEDS.names():
+        TESTBEDS.get(name)
 
 
-def _config_error(msg: str):
-    from .config import ConfigError  # here, not at the top: config may import this module
-    return ConfigError(msg)
+
 
 
 def manifest_names(include_optional: bool = True) -> list[str]:
+    _load_manifest()
     return [n for n in MANIFEST.names() if include_optional or not MANIFEST.get(n).optional]
 
 
 def _entries(manifest) -> Mapping[str, Asset]:
     if manifest is None:
+        _load_manifest()
         return {n: MANIFEST.get(n) for n in MANIFEST.names()}
     if isinstance(manifest, Registry):
         return {n: manifest.get(n) for n in manifest.names()}
@@ -166,7 +126,7 @@ def resolve_paths(asset_dir, overrides: Optional[Mapping[str, Any]] = None, mani
     overrides = dict(overrides or {})
     for key in overrides:
         if key not in entries:
-            raise _config_error(f"asset_files.paths.{key}: unknown asset; valid names: {', '.join(sorted(entries))}")
+            raise ConfigError(f"asset_files.paths.{key}: unknown asset; valid names: {', '.join(sorted(entries))}")
     asset_dir = Path(os.path.expanduser(str(asset_dir)))
     return {n: Path(os.path.expanduser(str(overrides[n]))) if overrides.get(n) else asset_dir / a.filename
             for n, a in entries.items()}
@@ -176,12 +136,12 @@ def _user_sha256(sha256: Optional[Mapping[str, str]], entries) -> dict[str, str]
     out = {}
     for key, value in (sha256 or {}).items():
         if key not in entries:
-            raise _config_error(f"asset_files.sha256.{key}: unknown asset; valid names: {', '.join(sorted(entries))}")
+            raise ConfigError(f"asset_files.sha256.{key}: unknown asset; valid names: {', '.join(sorted(entries))}")
         if value is None:
             continue
         v = str(value).strip().lower()
         if not _HEX64.match(v):
-            raise _config_error(f"asset_files.sha256.{key}: {value!r} is not a SHA-256 (64 hex digits)")
+            raise ConfigError(f"asset_files.sha256.{key}: {value!r} is not a SHA-256 (64 hex digits)")
         out[key] = v
     return out
 
@@ -273,79 +233,19 @@ def _check_digests(asset: Asset, where, sha: str, md5: Optional[str], size: int,
 # Content checks by kind: fn(path, asset) -> None, raising CheckpointError
 
 
-VALIDATORS = Registry("asset kind")
-
-
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     s = str(e).strip()
     return s.splitlines()[0][:200] if s else type(e).__name__
 
 
-def _conditioning(label_dim) -> str:
-    return "unconditional" if label_dim == 0 else f"class-conditional, label_dim {label_dim}"
-
-
-@VALIDATORS.register("edm_pickle")
-def validate_edm_pickle(path: Path, asset: Asset) -> None:
-    """NVIDIA's persistent-class pickle (EDM teacher or SiD snapshot) with the expected label_dim."""
-    from .edm_pickle import inspect_edm_pickle  # written alongside; imported only when a pickle is checked
-    info = inspect_edm_pickle(path)
-    want, got = asset.params.get("label_dim"), info.get("label_dim")
-    if want is not None and got != want:
-        raise CheckpointError(f"asset {asset.name}: {path} is a {_conditioning(got)} EDM pickle, expected "
-                              f"{_conditioning(want)}; check asset_files.paths.{asset.name}")
-
-
-@VALIDATORS.register("fid_ref")
-def validate_fid_ref(path: Path, asset: Asset) -> None:
-    """EDM's reference statistics (npz with mu, sigma), as the FID code will read them."""
-    from .image_metrics import load_reference_stats  # written alongside; imported only when needed
-    load_reference_stats(path)
-
-
-@VALIDATORS.register("inception")
-def validate_inception(path: Path, asset: Asset) -> None:
-    """A state dict of tensors (loaded with weights_only=True: no code runs) holding the expected tensors."""
-    import torch
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"asset {asset.name}: {path} is not a torch state dict: {_first_line(e)}") from None
-    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"asset {asset.name}: {path} holds a {type(sd).__name__}, not a state dict of tensors")
-    for key, shape in asset.params.get("tensors", {}).items():
-        if key not in sd or tuple(sd[key].shape) != tuple(shape):
-            found = tuple(sd[key].shape) if key in sd else "missing"
-            raise CheckpointError(f"asset {asset.name}: {path} tensor {key} is {found}, expected {tuple(shape)}; "
-                                  "not torch-fidelity's Inception-v3 weights")
-
-
-@VALIDATORS.register("cifar10")
-def validate_cifar10(path: Path, asset: Asset) -> None:
-    """The archive (or extracted directory) opens and holds the expected train/test image counts."""
-    from .cifar10 import load_cifar10_splits
-    load_cifar10_splits(path, ("train", "test"), {"train": asset.params.get("train_count", 50000),
-                                                  "test": asset.params.get("test_count", 10000)})
-
-
 def _check_directory(asset: Asset, path: Path, user: Optional[str]) -> int:
-    """Per-file MD5s of an extracted directory; returns its total size."""
-    if asset.kind not in DIRECTORY_KINDS:
+    """The kind's check of an extracted directory (per-file checksums); returns its total size."""
+    if asset.kind not in DIRECTORY_CHECKS:
         raise CheckpointError(f"asset {asset.name}: {path} is a directory, expected the file {asset.filename}")
     if user:
         raise CheckpointError(f"asset {asset.name}: {path} is a directory, but asset_files.sha256.{asset.name} pins a "
                               f"file; point asset_files.paths.{asset.name} at {asset.filename} or drop the pin")
-    from .cifar10 import find_batch_dir
-    d, total = find_batch_dir(path), 0
-    for member, expected in asset.params.get("member_md5", {}).items():
-        f = d / member
-        if not f.is_file():
-            raise CheckpointError(f"asset {asset.name}: {f} not found; the directory is incomplete")
-        _, md5, size = file_digests(f, md5=True)
-        total += size
-        if md5 != expected:
-            raise CheckpointError(f"asset {asset.name}: {f} has MD5 {md5}, expected {expected} (the manifest)")
-    return total
+    return DIRECTORY_CHECKS.get(asset.kind)(asset, path)
 
 
 def _content_check(asset: Asset, path: Path) -> None:
@@ -417,7 +317,7 @@ def _pin(asset_dir: Path, a: Asset, sha: str, source: str) -> str:
     try:
         record_sha256(asset_dir, a.filename, sha)
     except OSError as e:  # a read-only asset directory: the checks passed, only the record is lost
-        warnings.warn(f"asset {a.name}: could not record its SHA-256 in {asset_dir / SHA256SUMS}: {_first_line(e)}")
+        warnings.warn(f"asset {a.name}: could not record its SHA-256 in {asset_dir / SHA256SUMS}: {first_line(e)}")
         return source
     return "pinned now" if source == "first use" else source
 
@@ -480,7 +380,7 @@ def download_asset(name: str, dest, url: Optional[str] = None, timeout: float = 
             continue
         except (OSError, ValueError) as e:  # URLError, HTTPError, timeouts and truncation are OSErrors
             Path(tmp).unlink(missing_ok=True)
-            errors.append(f"asset {name}: download from {u} failed: {_first_line(e)}")
+            errors.append(f"asset {name}: download from {u} failed: {first_line(e)}")
             continue
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -528,7 +428,7 @@ def _pairs(items, what: str) -> dict[str, str]:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise _config_error(f"--{what} {item!r}: expected NAME=VALUE")
+            raise ConfigError(f"--{what} {item!r}: expected NAME=VALUE")
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
@@ -543,7 +443,6 @@ def main(argv=None) -> int:
     p.add_argument("--sha256", action="append", metavar="NAME=HEX", help="a checksum to require (repeatable)")
     p.add_argument("--timeout", type=float, default=60.0)
     a = p.parse_intermixed_args(argv)
-    from .config import ConfigError
     try:
         names = a.names or None
         if a.action == "list":

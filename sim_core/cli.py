@@ -9,31 +9,30 @@ import json
 import sys
 import warnings
 
-EXIT_BAD_INPUT = 2
+from sim_core.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 
 
 def _cmd_teacher(a):
-    from .toy_assets import build_toy_teacher
+    from sim_core.testbeds import TESTBEDS
     overrides = {k: v for k, v in dict(iterations=a.iterations, batch_size=a.batch_size).items() if v is not None}
-    info = build_toy_teacher(a.testbed, a.out, conditional=a.conditional, mixture=a.mixture, seed=a.seed,
-                             progress=not a.no_progress, **overrides)
+    if a.testbed == "gmm":
+        overrides["mixture"] = a.mixture
+    info = TESTBEDS.get(a.testbed).build_asset("teacher", dict(conditional=a.conditional, seed=a.seed,
+                                                               progress=not a.no_progress, **overrides), a.out)
     print(json.dumps(info))
 
 
 def _cmd_classifier(a):
-    from .toy.classifier import save_classifier, train_classifier
-    model, acc = train_classifier(seed=a.seed)
-    save_classifier(model, a.out, test_accuracy=acc)
-    print(json.dumps({"test_accuracy": acc, "out": a.out}))
+    from sim_core.testbeds import TESTBEDS
+    info = TESTBEDS.get("digits").build_asset("classifier", dict(seed=a.seed), a.out)
+    print(json.dumps({**info, "out": a.out}))
 
 
 def _cmd_distill(a):
-    from .config import load_config
-    from .distances import build_distance
-    from .train import EXIT_INTERRUPTED, distill
+    from sim_core.train.config import load_config
+    from sim_core.train.loop import distill
     cfg = load_config(a.config, a.set)
-    if cfg.method.name == "sim":  # warn (once, visibly) when the distance breaks Theorem 3.1's conditions
-        build_distance(cfg.method.distance or "pseudo_huber", warn=True, **cfg.method.distance_params)
+    cfg.method.build(warn=True)  # say (once, visibly) when a choice breaks Theorem 3.1's conditions
     run_dir = a.run_dir or f"runs/{cfg.name}"
     status = distill(cfg, run_dir)
     print(json.dumps(status))
@@ -43,22 +42,20 @@ def _cmd_distill(a):
 
 def _cmd_sample_teacher(a):
     import torch
-    from .sampler import heun_sampler, nfe
-    from .teacher import load_teacher
+    from sim_core.core.sampler import heun_sampler, nfe
+    from sim_core.testbeds.base import uniform_labels
+    from sim_core.testbeds.edm_teacher import load_teacher
     D, meta = load_teacher(a.teacher)
     rng = torch.Generator().manual_seed(a.seed)
     latents = torch.randn((a.n, *meta["data_shape"]), generator=rng)
-    labels = None
-    if meta["label_dim"]:
-        labels = torch.nn.functional.one_hot(torch.randint(0, meta["label_dim"], (a.n,), generator=rng),
-                                             meta["label_dim"]).float()
+    labels = uniform_labels(a.n, meta["label_dim"], rng)
     x = heun_sampler(D, latents, labels, num_steps=a.steps)
     torch.save({"samples": x, "labels": labels, "nfe": nfe(a.steps)}, a.out)
     print(json.dumps({"out": a.out, "nfe": nfe(a.steps), "n": a.n}))
 
 
 def _cmd_summarize(a):
-    from .summary import summarize, to_markdown
+    from sim_core.train.summary import summarize, to_markdown
     rows = summarize(a.run_dirs)
     for testbed in dict.fromkeys(r["testbed"] for r in rows):  # one table per testbed: different metrics
         print(to_markdown([r for r in rows if r["testbed"] == testbed]) + "\n")
@@ -69,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("teacher", help="train a toy teacher with the EDM loss")
-    t.add_argument("--testbed", required=True, choices=["gmm", "digits"])
+    t.add_argument("--testbed", required=True, choices=["gmm", "digits"], help="a testbed whose teacher is built here")
     t.add_argument("--out", required=True)
     t.add_argument("--conditional", action="store_true")
     t.add_argument("--mixture", default="ring")
@@ -105,10 +102,8 @@ def main(argv=None):
     import torch
     torch.set_num_threads(args.threads)  # 1 thread is fastest for small networks on 2 cores (ENVIRONMENT.md)
     warnings.simplefilter("default", RuntimeWarning)
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .registry import UnknownNameError
-    from .train import RunDirError
+    from sim_core.errors import CheckpointError, ConfigError, RunDirError
+    from sim_core.registry import UnknownNameError
     try:
         args.fn(args)
     except (ConfigError, CheckpointError, RunDirError, UnknownNameError, FileNotFoundError) as e:

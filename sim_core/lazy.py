@@ -22,4 +22,4 @@ class LazyModule(types.ModuleType):
 
 
 torch = LazyModule("torch")
-edm = LazyModule("sim_core.edm")  # EDMPrecond subclasses torch.nn.Module, so edm.py imports torch at once
+edm = LazyModule("sim_core.core.edm")  # EDMPrecond subclasses torch.nn.Module, so edm.py imports torch at once

@@ -72,30 +72,30 @@ def smoke_local(assets_dir):
 def gmm_teacher(assets_dir):
     """A small ring-mixture teacher (1000 iterations at batch 256, ~13 s). Its own 35-NFE Heun samples reach
     FD ~0.003 to the true mixture and cover all 8 modes (with ~1/3 of the mass between modes)."""
-    from sim_core.toy_assets import build_toy_teacher
-    return _built_once(assets_dir / "teacher_gmm.pt", lambda p: build_toy_teacher(
-        "gmm", p, iterations=1000, batch_size=256, hidden=128, blocks=2))
+    from sim_core.testbeds.gmm.testbed import build_teacher
+    return _built_once(assets_dir / "teacher_gmm.pt", lambda p: build_teacher(
+        p, iterations=1000, batch_size=256, hidden=128, blocks=2))
 
 
 @pytest.fixture(scope="session")
 def digits_teacher(assets_dir):
     """An unconditional digits teacher (1500 iterations at batch 128, ~25 s). Measured: its 35-NFE Heun
     samples reach FID ~8.9 and IS ~7.6 in the classifier's features (real test digits: FID 0.2, IS 8.6)."""
-    from sim_core.toy_assets import build_toy_teacher
-    return _built_once(assets_dir / "teacher_digits.pt", lambda p: build_toy_teacher(
-        "digits", p, iterations=1500, batch_size=128, hidden=256, blocks=3))
+    from sim_core.testbeds.digits.testbed import build_teacher
+    return _built_once(assets_dir / "teacher_digits.pt", lambda p: build_teacher(
+        p, iterations=1500, batch_size=128, hidden=256, blocks=3))
 
 
 @pytest.fixture(scope="session")
 def digits_teacher_cond(assets_dir):
-    from sim_core.toy_assets import build_toy_teacher
-    return _built_once(assets_dir / "teacher_digits_cond.pt", lambda p: build_toy_teacher(
-        "digits", p, conditional=True, iterations=300, batch_size=128, hidden=64, blocks=1))
+    from sim_core.testbeds.digits.testbed import build_teacher
+    return _built_once(assets_dir / "teacher_digits_cond.pt", lambda p: build_teacher(
+        p, conditional=True, iterations=300, batch_size=128, hidden=64, blocks=1))
 
 
 @pytest.fixture(scope="session")
 def digits_classifier(assets_dir):
-    from sim_core.toy.classifier import save_classifier, train_classifier
+    from sim_core.testbeds.digits.classifier import save_classifier, train_classifier
 
     def build(path):
         model, acc = train_classifier(seed=0)

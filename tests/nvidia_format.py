@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sim_core.edm import EDMPrecond
-from sim_core.songunet import SONGUNET_DEFAULTS
+from sim_core.core.edm import EDMPrecond
+from sim_core.nets.songunet import SONGUNET_DEFAULTS
 
 PERSISTENCE_VERSION = 6  # torch_utils/persistence.py `_version`
 DEFAULT_NETWORKS_SRC = "raise RuntimeError('the embedded networks.py source was executed')\n"
@@ -241,8 +241,8 @@ def write_stand_in_paper_assets(d, D: EDMPrecond, rank: int = 64) -> str:
     statistics in EDM's npz format. Returns the Inception file's SHA-256 (not the published one)."""
     from test_image_metrics import _random_inception_state_dict
     from sim_core.assets import MANIFEST
-    from sim_core.checkpoint import sha256_file
-    from sim_core.image_metrics import save_reference_stats
+    from sim_core.files import sha256_file
+    from sim_core.testbeds.cifar10.image_metrics import save_reference_stats
     write_edm_pickle(Path(d) / MANIFEST.get("teacher_cond" if D.label_dim else "teacher_uncond").filename, D)
     inception = Path(d) / MANIFEST.get("inception").filename
     torch.save(_random_inception_state_dict(Path(d)), inception)

@@ -8,15 +8,15 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 
-from sim_core.checkpoint import atomic_write_json
-from sim_core.config import ConfigError
+from sim_core.files import atomic_write_json
+from sim_core.errors import ConfigError
 
-from .schema import ScaleConfig, load_scale
-from .sweep import Sweep, expand_cached
+from workflow.schema import ScaleConfig, load_scale
+from workflow.sweep import Sweep, expand_cached
 
 OVERRIDABLE = ("executor", "tracking_uri", "tracking_server_host", "results_dir", "runs_per_job", "resources",
                "default_resources", "asset_files")
-MANAGED_SERVER = "server"  # tracking_uri value: an MLflow server this DAG starts (workflow/tracking_server.py)
+MANAGED_SERVER = "server"  # tracking_uri value: an MLflow server this DAG starts (sim_core/tracking/server.py)
 _server_lock = threading.Lock()  # Snakemake runs rules as threads; the server's own lock is per process
 
 
@@ -32,7 +32,7 @@ def load(config: dict) -> tuple[ScaleConfig, Sweep, str]:
     over = {k: config[k] for k in OVERRIDABLE if k in config}
     if over:
         from pydantic import ValidationError
-        from sim_core.config import _format_error
+        from sim_core.schema import format_error
         base = S.model_dump(exclude_unset=True)  # only what the file says: merged resources stay sparse
         for key in ("resources", "default_resources"):  # per kind of job, key by key on top of the file's
             if isinstance(over.get(key), dict):
@@ -42,23 +42,23 @@ def load(config: dict) -> tuple[ScaleConfig, Sweep, str]:
         try:
             S = ScaleConfig.model_validate({**base, **over})
         except ValidationError as e:
-            raise ConfigError(f"bad --config override: {_format_error(e)}") from None
+            raise ConfigError(f"bad --config override: {format_error(e)}") from None
     uri = S.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
         f"sqlite:///{(Path(S.results_dir) / 'mlflow.db').resolve()}"
     return S, expand_cached(S), uri
 
 
 def launch_asset(S: ScaleConfig, name: str, out: str):
-    from .jobs import build_asset
-    from .launch import submit_and_wait
+    from workflow.jobs import build_asset
+    from workflow.launch import submit_and_wait
     return submit_and_wait(build_asset, (name, S.assets[name].model_dump(), out), f"asset-{name}",
                            Path(S.results_dir) / "submitit" / "assets", S.executor, S.job_resources("teacher"),
                            job_files=[str(Path(out).with_suffix(".job.json"))])
 
 
 def launch_group(S: ScaleConfig, SW: Sweep, group: str, uri: str):
-    from .jobs import DistillJob
-    from .launch import submit_and_wait
+    from workflow.jobs import DistillJob
+    from workflow.launch import submit_and_wait
     specs = [asdict(SW.runs[n]) for n in SW.groups[group]]
     result = submit_and_wait(DistillJob(), (specs, job_tracking_uri(S, uri), S.final_eval_seeds, _threads(S),
                                             S.final_eval_protocol), f"distill-{group}",
@@ -71,8 +71,8 @@ def launch_group(S: ScaleConfig, SW: Sweep, group: str, uri: str):
 
 
 def launch_teacher_rows(S: ScaleConfig, SW: Sweep, experiment: str, uri: str, out: str):
-    from .jobs import teacher_rows
-    from .launch import submit_and_wait
+    from workflow.jobs import teacher_rows
+    from workflow.launch import submit_and_wait
     return submit_and_wait(teacher_rows, (SW.teacher_rows[experiment], job_tracking_uri(S, uri),
                                           S.base.get("eval", {}), out, _threads(S), S.base.get("device", "cpu"),
                                           S.final_eval_protocol),
@@ -86,8 +86,8 @@ def _threads(S: ScaleConfig):
 
 
 def launch_aggregate(S: ScaleConfig, SW: Sweep, target: str, experiment: str, uri: str, out_dir: str):
-    from .jobs import aggregate
-    from .launch import submit_and_wait
+    from workflow.jobs import aggregate
+    from workflow.launch import submit_and_wait
     manifest = str(Path(S.results_dir) / "manifests" / f"{target}.json")
     write_manifest(S, SW, experiment, manifest)
     return submit_and_wait(aggregate, (target, manifest, job_tracking_uri(S, uri), out_dir), f"aggregate-{target}",
@@ -105,7 +105,8 @@ def write_manifest(S: ScaleConfig, SW: Sweep, experiment: str, out: str) -> list
     rows_file = Path(S.results_dir) / "teacher_rows" / f"{experiment}.json"
     if experiment in SW.teacher_rows and rows_file.exists():
         for rec in json.loads(rows_file.read_text()):
-            records.append({k: v for k, v in rec.items() if k not in ("final", "teacher", "classifier", "testbed_config")} | {"name": f"teacher-nfe{rec['nfe']}-s{rec['seed']}"})
+            kept = {k: v for k, v in rec.items() if k not in ("final", "testbed_config", "inputs")}
+            records.append({**kept, "name": f"teacher-nfe{rec['nfe']}-s{rec['seed']}"})
     atomic_write_json(out, records)
     return records
 
@@ -119,7 +120,7 @@ def job_tracking_uri(S: ScaleConfig, uri: str) -> str:
     since (same database under <results_dir>/mlflow-server; a new port if the old one was taken)."""
     if uri != MANAGED_SERVER:
         return uri
-    from .tracking_server import start_server
+    from sim_core.tracking.server import start_server
     with _server_lock:
         return start_server(server_dir(S), host=S.tracking_server_host)
 
@@ -127,7 +128,7 @@ def job_tracking_uri(S: ScaleConfig, uri: str) -> str:
 def track_store(S: ScaleConfig, uri: str, out: str) -> None:
     """Create the sqlite store once (several jobs creating it at once fail), or check that a server answers,
     or start the managed server."""
-    from sim_core.tracking import check_tracking
+    from sim_core.tracking.client import check_tracking
     uri = job_tracking_uri(S, uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import submitit
 
-from sim_core.checkpoint import atomic_write_json
-
-EXIT_INTERRUPTED = 75  # = sim_core.train.EXIT_INTERRUPTED (not imported: torch stays out of the Snakemake process)
+from sim_core.errors import EXIT_INTERRUPTED
+from sim_core.files import atomic_write_json
 
 
 def _job_id() -> str:
@@ -26,7 +25,7 @@ def _job_id() -> str:
 
 def join_process_group() -> None:
     """In a submitit job with several tasks (one per GPU), export torch.distributed's env:// variables
-    (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE); sim_core.distributed joins the group from them."""
+    (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE); sim_core.train.distributed joins the group from them."""
     import submitit
     try:
         env = submitit.JobEnvironment()
@@ -37,39 +36,36 @@ def join_process_group() -> None:
 
 
 def build_asset(name: str, spec: dict, out: str, threads: int = 1) -> dict:
+    """An asset of the scale config's ``assets:`` built by its testbed's builder of that kind."""
     import torch
     torch.set_num_threads(threads)
-    if spec["kind"] == "classifier":
-        from sim_core.toy.classifier import save_classifier, train_classifier
-        model, acc = train_classifier(seed=spec.get("seed", 0))
-        save_classifier(model, out, test_accuracy=acc)
-        return {"test_accuracy": acc}
-    from sim_core.toy_assets import build_toy_teacher
-    over = {k: spec[k] for k in ("iterations", "batch_size") if spec.get(k) is not None}
-    return build_toy_teacher(spec["testbed"], out, conditional=spec.get("conditional", False),
-                             seed=spec.get("seed", 0), **over)
+    from sim_core.testbeds import TESTBEDS
+    spec = {k: v for k, v in spec.items() if v is not None}
+    kind, testbed = spec.pop("kind"), spec.pop("testbed")
+    return TESTBEDS.get(testbed).build_asset(kind, spec, out)
 
 
 def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int], threads: int = 1,
               final_eval_protocol: str | None = None) -> list[dict]:
     """Train (or resume, or skip if done) each run, evaluate its final EMA generator, log it all to MLflow.
 
-    MLflow calls run in a tracker process (sim_core.tracking.TrackerProcess): the next run starts
+    MLflow calls run in a tracker process (sim_core.tracking.client.TrackerProcess): the next run starts
     training while the previous one's results are still being logged. A run's done.json is written only once
     MLflow holds everything of it; the job waits for all of them before it returns.
 
     In a job with several tasks every task runs this: all of them train each run as one data-parallel group
     (sim_core/distributed.py); rank 0 alone evaluates, tracks and writes done.json."""
-    from sim_core.tracking import BackgroundTracker, TrackerProcess
+    from sim_core.tracking.worker import BackgroundTracker, TrackerProcess
     worker = TrackerProcess() if _is_main_task() else None  # starts importing MLflow while torch loads here
     import torch
     if threads:
         torch.set_num_threads(threads)
-    from sim_core.config import parse_config
-    from sim_core.distributed import from_environment
-    from sim_core.evaluate import evaluate_snapshot, latest_snapshot
-    from sim_core.provenance import git_state
-    from sim_core.train import distill, read_metrics
+    from sim_core.train.config import parse_config
+    from sim_core.train.distributed import from_environment
+    from sim_core.train.evaluate import evaluate_snapshot, latest_snapshot
+    from sim_core.train.loop import distill
+    from sim_core.train.provenance import git_state
+    from sim_core.train.run_dir import read_metrics
     commit = git_state().get("commit") or ""
     join_process_group()
     dist = from_environment(specs[0]["config"].get("device", "cpu")) if specs else None
@@ -177,11 +173,11 @@ def _leave_for_requeue(status: dict, trackers: list) -> None:
 
 
 def aggregate(target: str, manifest: str, tracking_uri: str, out_dir: str) -> list[str]:
-    """One table or figure from MLflow (workflow/aggregate.py) in the job's own process: matplotlib is not
+    """One table or figure from MLflow (workflow/report) in the job's own process: matplotlib is not
     thread-safe, and Snakemake runs `run:` rules as threads."""
     import contextlib
     import io
-    from workflow.aggregate import main
+    from workflow.report.__main__ import main
     err, out = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         code = main([target, "--manifest", manifest, "--tracking-uri", tracking_uri, "--out-dir", out_dir])
@@ -199,15 +195,15 @@ def teacher_rows(records: list[dict], tracking_uri: str, eval_cfg: dict, out: st
         torch.set_num_threads(threads)
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
-    from sim_core.config import EvalConfig, TestbedConfig
-    from sim_core.testbeds import load_testbed
-    from sim_core.tracking import ensure_experiment
+    from sim_core.testbeds import TESTBEDS, load_testbed
+    from sim_core.tracking.client import ensure_experiment
+    from sim_core.train.config import EvalConfig
     ecfg = EvalConfig(**eval_cfg)
     client = MlflowClient(tracking_uri)
     done = []
     testbeds = {}
     for rec in records:
-        tb_cfg = TestbedConfig(**rec["testbed_config"])
+        tb_cfg = TESTBEDS.get(rec["testbed"]).config(**rec["testbed_config"])
         key = tb_cfg.model_dump_json()
         tb = testbeds.get(key) or testbeds.setdefault(key, load_testbed(tb_cfg))
         metrics = tb.teacher_metrics(rec["nfe"], rec["seed"], ecfg, protocol=protocol, device=device)
@@ -218,7 +214,7 @@ def teacher_rows(records: list[dict], tracking_uri: str, eval_cfg: dict, out: st
                          metrics=[Metric(f"final/{k}", float(v), 0, 0) for k, v in metrics.items()
                                   if isinstance(v, (int, float)) and not isinstance(v, bool)],
                          params=[Param("nfe", str(rec["nfe"])), Param("seed", str(rec["seed"])),
-                                 Param("teacher", rec["teacher"])],
+                                 Param("teacher", tb_cfg.teacher)],
                          tags=[RunTag("experiments", rec["experiment"])])
         client.set_terminated(run.info.run_id)
         done.append({**rec, "run_id": run.info.run_id, "final": metrics})

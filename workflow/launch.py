@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from sim_core.checkpoint import atomic_write_json
+from sim_core.files import atomic_write_json
 
 LOCAL_POLL_S = 0.1  # a local job is a child process: checking it is cheap (submitit's own wait polls every 1 s)
 ACTIVE_SLURM_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED"}

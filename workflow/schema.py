@@ -2,43 +2,52 @@
 bad value fails before anything runs, with one line naming the key."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
-from sim_core.config import ConfigError, _format_error, read_yaml
-
-EXPERIMENTS = ("table1", "table2", "figure2", "lr_sweep")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from sim_core.errors import ConfigError
+from sim_core.schema import Strict, format_error, read_yaml
+from sim_core.testbeds import TESTBEDS
+from workflow.report import EXPERIMENTS
 
 
-class AssetSpec(_Strict):
-    kind: Literal["teacher", "classifier"]
-    testbed: Optional[Literal["gmm", "digits"]] = None
+def _testbed(name: str) -> str:
+    TESTBEDS.get(name)  # an unknown name lists the valid ones
+    return name
+
+
+TestbedName = Annotated[str, AfterValidator(_testbed)]  # a registered testbed (sim_core/testbeds/__init__.py)
+
+
+class AssetSpec(Strict):
+    """An asset the DAG builds: what the testbed's builder of that kind takes (sim_core/testbeds/<name>/)."""
+    kind: str                          # e.g. teacher, classifier: the testbed's builders
+    testbed: TestbedName
     conditional: bool = False
     iterations: Optional[int] = Field(None, ge=1)
     batch_size: Optional[int] = Field(None, ge=1)
     seed: int = 0
 
     @model_validator(mode="after")
-    def _teacher_has_testbed(self):
-        if self.kind == "teacher" and self.testbed is None:
-            raise ValueError("a teacher asset needs a testbed")
+    def _buildable(self):
+        builders = TESTBEDS.get(self.testbed).builders
+        if self.kind not in builders:
+            raise ValueError(f"testbed {self.testbed} builds no {self.kind!r} asset; it builds "
+                             f"{', '.join(builders) or 'none'}")
         return self
 
 
-class Row(_Strict):
+class Row(Strict):
     label: str
     method: dict                       # the RunConfig 'method' section
     overrides: dict = Field(default_factory=dict)  # any other RunConfig values for this row
     seeds: Optional[list[int]] = None  # None: the experiment's seeds
 
 
-class Experiment(_Strict):
-    testbed: Literal["gmm", "digits", "digits_cond", "cifar10", "cifar10_cond"]
+class Experiment(Strict):
+    testbed: TestbedName
+    conditional: bool = False                      # its class-conditional variant
     lrs: list[float] = Field(..., min_length=1)    # each used for both networks (as Table 5)
     seeds: list[int] = Field(..., min_length=1)
     rows: list[Row] = Field(..., min_length=1)
@@ -64,10 +73,11 @@ class Experiment(_Strict):
         labels = [r.label for r in self.rows]
         if len(set(labels)) != len(labels):
             raise ValueError(f"row labels must be unique, got {labels}")
+        TESTBEDS.get(self.testbed).dataset(self.conditional)  # the variant exists
         return self
 
 
-class AssetFiles(_Strict):
+class AssetFiles(Strict):
     """Where the paper-scale files live (sim_core/assets.py MANIFEST: teacher pickles, FID reference
     statistics, Inception weights, CIFAR-10). `snakemake download_assets` fetches what is missing into ``dir``;
     clusters without internet put the files there, or anywhere with ``paths``."""
@@ -79,7 +89,7 @@ class AssetFiles(_Strict):
 JOB_KINDS = ("teacher", "distill", "teacher_rows", "aggregate")  # teacher: the toy assets; teacher_rows: evaluation
 
 
-class Resources(_Strict):
+class Resources(Strict):
     """Per-job resources of one kind of job. SLURM uses all of them; the local executor only timeout_min and
     tasks_per_node (data-parallel processes on this machine)."""
     timeout_min: int = Field(60, ge=1)
@@ -92,7 +102,7 @@ class Resources(_Strict):
     max_requeues: int = Field(3, ge=0)       # time limits a Checkpointable job may hit before it fails for good
 
 
-class ScaleConfig(_Strict):
+class ScaleConfig(Strict):
     scale: Literal["smoke", "toy", "paper"]
     results_dir: str = "results"
     tracking_uri: Optional[str] = None      # None: sqlite:///<results_dir>/mlflow.db, created once before jobs;
@@ -126,12 +136,19 @@ class ScaleConfig(_Strict):
         bad = set(self.experiments) - set(EXPERIMENTS)
         if bad:
             raise ValueError(f"unknown experiment(s) {sorted(bad)}; valid names: {', '.join(EXPERIMENTS)}")
-        cifar = [n for n, e in self.experiments.items() if e.testbed.startswith("cifar10")]
-        if cifar and self.asset_files is None:
-            raise ValueError(f"experiments {cifar} use CIFAR-10: asset_files (where the teacher pickles, FID "
-                             "statistics and Inception weights are) is required")
-        if cifar and self.final_eval_protocol is None:
-            raise ValueError(f"experiments {cifar} use CIFAR-10: set final_eval_protocol (edm or sid)")
+        from sim_core.assets import manifest_names
+        from sim_core.train.config import EvalConfig
+        downloaded = set(manifest_names())
+        for name, e in self.experiments.items():
+            spec = TESTBEDS.get(e.testbed)
+            files = set(spec.assets[e.conditional].values()) & downloaded
+            if files and self.asset_files is None:
+                raise ValueError(f"experiments.{name} uses {e.testbed}, whose files {sorted(files)} are downloaded: "
+                                 "asset_files (where they are) is required")
+            try:
+                spec.protocol(EvalConfig(), self.final_eval_seeds, self.final_eval_protocol)
+            except ValueError as err:
+                raise ValueError(f"experiments.{name}: {err}") from None
         return self
 
     def job_resources(self, kind: str) -> Resources:
@@ -147,4 +164,4 @@ def load_scale(path) -> ScaleConfig:
     try:
         return ScaleConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"bad scale config {path}: {_format_error(e)}") from None
+        raise ConfigError(f"bad scale config {path}: {format_error(e)}") from None

@@ -2,33 +2,27 @@
 
 A run is named by its testbed, method, learning rate, seed and the hash of its config: the same config
 requested by two experiments is trained once (the first experiment owns it), and changing one sweep value
-creates one new run while every other run keeps its name and results.
+creates one new run while every other run keeps its name and results. What a testbed needs (its config section,
+its files, its dataset and evaluation protocol) comes from its declaration (sim_core/testbeds/).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sim_core.checkpoint import atomic_write_json
-from sim_core.config import ConfigError, parse_config
+from sim_core.errors import ConfigError
+from sim_core.files import atomic_write_json
+from sim_core.testbeds import TESTBEDS
+from sim_core.train.config import parse_config
 
-from .schema import EXPERIMENTS, ScaleConfig
+from workflow.schema import EXPERIMENTS, ScaleConfig
 
-# testbed of an experiment -> (asset name of its teacher, conditional, dataset description)
-TESTBEDS = {
-    "digits": ("teacher_digits", False, "sklearn 8x8 digits, unconditional"),
-    "digits_cond": ("teacher_digits_cond", True, "sklearn 8x8 digits, class-conditional (10 labels)"),
-    "gmm": ("teacher_gmm", False, "8-mode ring Gaussian mixture in 2-D"),
-    # paper scale: the assets are NVIDIA's files (sim_core/assets.py MANIFEST), downloaded, not built
-    "cifar10": ("teacher_uncond", False, "CIFAR-10 32x32, unconditional (EDM VP teacher)"),
-    "cifar10_cond": ("teacher_cond", True, "CIFAR-10 32x32, class-conditional (EDM VP teacher)"),
-}
-# files of the CIFAR-10 evaluation besides the teacher (the dataset: labels of training images, conditional only)
-CIFAR10_EVAL_ASSETS = ("inception", "fid_ref")
+VERIFIED = "assets/verified.json"  # under results_dir: written once the downloaded files passed their checks
 
 
 def deep_merge(a: dict, b: dict) -> dict:
@@ -50,6 +44,7 @@ class RunSpec:
     owner: str                                  # the experiment whose job group trains it
     memberships: list = field(default_factory=list)
     group: str = ""
+    inputs: list = field(default_factory=list)  # the files its job needs (built assets, or the verified downloads)
 
 
 @dataclass
@@ -69,6 +64,12 @@ class Sweep:
     def group_done_files(self, group: str) -> list:
         return [str(Path(self.runs[n].run_dir) / "done.json") for n in self.groups[group]]
 
+    def group_inputs(self, group: str) -> list:
+        return sorted({f for n in self.groups[group] for f in self.runs[n].inputs})
+
+    def teacher_row_inputs(self, experiment: str) -> list:
+        return sorted({f for r in self.teacher_rows[experiment] for f in r["inputs"]})
+
     def to_dict(self) -> dict:
         return dict(runs={n: asdict(r) for n, r in self.runs.items()}, groups=self.groups,
                     teacher_rows=self.teacher_rows, assets=self.assets, downloads=self.downloads)
@@ -79,62 +80,44 @@ class Sweep:
                    d["downloads"])
 
 
-def asset_path(scale: ScaleConfig, name: str) -> str:
-    if scale.asset_files is not None and name in download_paths(scale):
-        return download_paths(scale)[name]
-    return str(Path(scale.results_dir) / "assets" / f"{name}.pt")
-
-
 def download_paths(scale: ScaleConfig) -> dict[str, str]:
-    """Where each paper-scale file is (asset_files.dir, or asset_files.paths); none without asset_files."""
+    """Where each downloaded file is (asset_files.dir, or asset_files.paths); none without asset_files."""
     if scale.asset_files is None:
         return {}
     from sim_core.assets import resolve_paths
     return {n: str(p) for n, p in resolve_paths(scale.asset_files.dir, scale.asset_files.paths).items()}
 
 
-def testbed_section(scale: ScaleConfig, testbed: str) -> dict:
-    """The RunConfig ``testbed`` section of an experiment's testbed."""
-    asset, conditional, _ = TESTBEDS[testbed]
-    kind = "gmm" if testbed == "gmm" else "digits" if testbed.startswith("digits") else "cifar10"
-    section = {"kind": kind, "teacher": asset_path(scale, asset), "conditional": conditional}
-    if kind == "digits":
-        section["classifier"] = asset_path(scale, "classifier")
-    if kind == "cifar10":
-        section.update(inception=asset_path(scale, "inception"), fid_ref=asset_path(scale, "fid_ref"))
-        pins = scale.asset_files.sha256  # a user's pin replaces the published checksum (verify_assets checks all)
-        if pins.get(asset):
-            section["teacher_sha256"] = pins[asset]
-        if pins.get("inception"):
-            section["inception_sha256"] = pins["inception"]
-        if conditional:
-            section["dataset"] = asset_path(scale, "cifar10")
-    return section
+def asset_path(scale: ScaleConfig, name: str) -> str:
+    downloads = download_paths(scale)
+    return downloads[name] if name in downloads else str(Path(scale.results_dir) / "assets" / f"{name}.pt")
+
+
+def testbed_files(scale: ScaleConfig, testbed: str, conditional: bool) -> tuple[dict, list]:
+    """The run config's testbed section of an experiment's testbed, and the files a job using it needs: each
+    built asset, or the verification record of the downloaded ones."""
+    spec = TESTBEDS.get(testbed)
+    names = set(spec.assets[conditional].values())
+    downloads = download_paths(scale)
+    paths = {n: asset_path(scale, n) for n in names}
+    pins = scale.asset_files.sha256 if scale.asset_files is not None else {}
+    inputs = sorted(paths[n] for n in names if n not in downloads)
+    if names & set(downloads):
+        inputs.append(str(Path(scale.results_dir) / VERIFIED))
+    return spec.section(conditional, paths, pins), inputs
 
 
 def needed_assets(scale: ScaleConfig) -> tuple[set, set]:
     """(assets the DAG builds, files it downloads) that the experiments need."""
-    built, downloaded = set(), set()
-    for e in scale.experiments.values():
-        teacher = TESTBEDS[e.testbed][0]
-        if e.testbed.startswith("cifar10"):
-            downloaded |= {teacher, *CIFAR10_EVAL_ASSETS} | ({"cifar10"} if TESTBEDS[e.testbed][1] else set())
-        else:
-            built |= {teacher} | ({"classifier"} if e.testbed != "gmm" else set())
-    return built, downloaded
+    from sim_core.assets import manifest_names
+    downloadable = set(manifest_names())
+    names = {n for e in scale.experiments.values() for n in TESTBEDS.get(e.testbed).assets[e.conditional].values()}
+    return names - downloadable, names & downloadable
 
 
-def protocol(cfg: dict, scale: ScaleConfig) -> str:
-    ev, tb = cfg.get("eval", {}), cfg["testbed"]["kind"]
-    n, seeds = ev.get("num_samples", 2000), len(scale.final_eval_seeds)
-    if tb == "digits":
-        return (f"FID/KID/IS in digits-CNN features via torch-fidelity; EMA generator at the last iteration; "
-                f"{n} samples x {seeds} noise seed(s), mean; reference: 1438 train digits")
-    if tb == "cifar10":  # the protocol's own name and rule (sim_core/image_metrics.py FID_PROTOCOLS)
-        rule = {"edm": "EDM protocol: min of 3 seed ranges", "sid": "SiD protocol: mean ± std of 10 trials"}
-        return (f"FID/IS in Inception-v3 pool3 features (torch-fidelity weights) against EDM's cifar10-32x32.npz; "
-                f"EMA generator at the last iteration; {n} samples per trial; {rule[scale.final_eval_protocol]}")
-    return f"Frechet distance to the true mixture's mean/cov; EMA generator; {n} samples x {seeds} seed(s)"
+def testbed_label(exp) -> str:
+    """The testbed as run names and records show it: digits, digits_cond, cifar10_cond, ..."""
+    return exp.testbed + ("_cond" if exp.conditional else "")
 
 
 def expand(scale: ScaleConfig) -> Sweep:
@@ -146,12 +129,12 @@ def expand(scale: ScaleConfig) -> Sweep:
         exp = scale.experiments.get(exp_name)
         if exp is None:
             continue
-        dataset = TESTBEDS[exp.testbed][2]
+        spec = TESTBEDS.get(exp.testbed)
+        section, inputs = testbed_files(scale, exp.testbed, exp.conditional)
         for row in exp.rows:
             for lr in exp.lrs:
                 for seed in (row.seeds if row.seeds is not None else exp.seeds):
-                    testbed = testbed_section(scale, exp.testbed)
-                    cfg = deep_merge(scale.base, {"name": "", "scale": scale.scale, "seed": seed, "testbed": testbed,
+                    cfg = deep_merge(scale.base, {"name": "", "scale": scale.scale, "seed": seed, "testbed": section,
                                                   "method": row.method, "optim": {"lr_gen": lr, "lr_online": lr}})
                     cfg = deep_merge(cfg, row.overrides)
                     try:
@@ -159,18 +142,19 @@ def expand(scale: ScaleConfig) -> Sweep:
                     except ConfigError as e:
                         raise ConfigError(f"experiments.{exp_name} row {row.label!r}: {e}") from None
                     h = parsed.hash()[:8]  # stable when a new config field keeps its default (RunConfig.hash)
+                    protocol = spec.protocol(parsed.eval, scale.final_eval_seeds, scale.final_eval_protocol)
                     member = dict(experiment=exp_name, label=row.label, method=parsed.method.name,
-                                  alpha=parsed.method.alpha if parsed.method.name == "sid" else None,
-                                  time_dist=parsed.method.time_dist, weighting=parsed.method.weighting,
-                                  lr=lr, seed=seed, testbed=exp.testbed, nfe=1, scale=scale.scale,
-                                  dataset=dataset, protocol=protocol(cfg, scale))
+                                  alpha=getattr(parsed.method, "alpha", None), time_dist=parsed.method.time_dist,
+                                  weighting=parsed.method.weighting, lr=lr, seed=seed, testbed=exp.testbed,
+                                  conditional=exp.conditional, nfe=1, scale=scale.scale,
+                                  dataset=spec.dataset(exp.conditional), protocol=dataclasses.asdict(protocol))
                     if h in by_hash:
                         runs[by_hash[h]].memberships.append(member)
                         continue
-                    name = f"{exp.testbed}-{slug(parsed.method.name)}-lr{lr:g}-s{seed}-{h}"
+                    name = f"{testbed_label(exp)}-{slug(parsed.method.name)}-lr{lr:g}-s{seed}-{h}"
                     cfg["name"] = name
                     by_hash[h] = name
-                    runs[name] = RunSpec(name, cfg, str(results / "runs" / name), exp_name, [member])
+                    runs[name] = RunSpec(name, cfg, str(results / "runs" / name), exp_name, [member], inputs=inputs)
     groups: dict[str, list] = {}
     for exp_name in EXPERIMENTS:
         owned = sorted(n for n, r in runs.items() if r.owner == exp_name)
@@ -179,34 +163,44 @@ def expand(scale: ScaleConfig) -> Sweep:
             groups[g] = owned[i:i + scale.runs_per_job]
             for n in groups[g]:
                 runs[n].group = g
-    teacher_rows = {}
-    for exp_name, exp in scale.experiments.items():
-        if exp.teacher_nfe:
-            dataset = TESTBEDS[exp.testbed][2]
-            tb_section = testbed_section(scale, exp.testbed)
-            teacher_rows[exp_name] = [dict(experiment=exp_name, label=f"Teacher (Heun, NFE {nfe})", method="teacher",
-                                           alpha=None, time_dist=None, weighting=None, lr=None, seed=seed,
-                                           testbed=exp.testbed, nfe=nfe, scale=scale.scale, dataset=dataset,
-                                           protocol=f"EDM Heun sampler (rho = 7), {nfe} NFE, same features and "
-                                                    f"sample count as the distilled rows",
-                                           teacher=tb_section["teacher"], classifier=tb_section.get("classifier"),
-                                           testbed_config=tb_section)
-                                      for nfe in exp.teacher_nfe for seed in exp.teacher_seeds]
+    teacher_rows = {name: _teacher_rows(scale, name, exp) for name, exp in scale.experiments.items() if exp.teacher_nfe}
     assets = {name: asset_path(scale, name) for name in scale.assets}
-    needed, downloaded = needed_assets(scale)
-    missing = needed - set(assets)
+    built, downloaded = needed_assets(scale)
+    missing = built - set(assets)
     if missing:
         raise ConfigError(f"bad scale config: assets: missing {sorted(missing)} needed by the experiments")
     downloads = {n: p for n, p in download_paths(scale).items() if n in downloaded}
     return Sweep(runs, groups, teacher_rows, assets, downloads)
 
 
+def _teacher_rows(scale: ScaleConfig, exp_name: str, exp) -> list[dict]:
+    """The teacher's own multi-step sampler at each NFE and seed, evaluated as the distilled rows (one noise draw
+    per seed where those average several)."""
+    from sim_core.train.config import EvalConfig
+    spec = TESTBEDS.get(exp.testbed)
+    section, inputs = testbed_files(scale, exp.testbed, exp.conditional)
+    eval_cfg = EvalConfig(**scale.base.get("eval", {}))
+    base = spec.protocol(eval_cfg, scale.final_eval_seeds, scale.final_eval_protocol)
+    rows = []
+    for nfe in exp.teacher_nfe:
+        protocol = dataclasses.replace(base, generator=f"the teacher's {spec.teacher_sampler} at {nfe} NFE",
+                                       trials=1 if base.rule == "mean" else base.trials)
+        for seed in exp.teacher_seeds:
+            rows.append(dict(experiment=exp_name, label=f"Teacher (Heun, NFE {nfe})", method="teacher", alpha=None,
+                             time_dist=None, weighting=None, lr=None, seed=seed, testbed=exp.testbed,
+                             conditional=exp.conditional, nfe=nfe, scale=scale.scale,
+                             dataset=spec.dataset(exp.conditional), protocol=dataclasses.asdict(protocol),
+                             testbed_config=section, inputs=inputs))
+    return rows
+
+
 def code_fingerprint() -> str:
-    """SHA-256 of the project's Python sources: what validating a sweep depends on besides its config."""
+    """SHA-256 of the project's Python sources and report data: what validating a sweep depends on besides its
+    config."""
     root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
     for package in ("sim_core", "baselines", "workflow"):
-        for path in sorted((root / package).rglob("*.py")):
+        for path in sorted((root / package).rglob("*.py")) + sorted((root / package).rglob("*.yaml")):
             h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
@@ -214,9 +208,9 @@ def code_fingerprint() -> str:
 def expand_cached(scale: ScaleConfig) -> Sweep:
     """``expand`` remembered under ``<results_dir>/.sweep-cache/``, keyed by the scale config and the code.
 
-    Validating every run config builds its losses, which imports torch (~2 s here). Snakemake parses the
-    Snakefile at every invocation, so without the cache each `snakemake` call (dry runs, no-op reruns) pays
-    that; with it, only the first call after a change to the config or to the code does."""
+    Validating every run config builds its losses. Snakemake parses the Snakefile at every invocation, so without
+    the cache each `snakemake` call (dry runs, no-op reruns) pays that; with it, only the first call after a change
+    to the config or to the code does."""
     key = hashlib.sha256((scale.model_dump_json() + code_fingerprint()).encode()).hexdigest()[:24]
     path = Path(scale.results_dir) / ".sweep-cache" / f"{key}.json"
     try:

@@ -1,14 +1,6 @@
 # One rule per submitit job group of distillation runs (configs/scales/*.yaml: runs_per_job), and the
 # teacher rows of each table. A run's done.json appears when it has finished (or diverged) and been evaluated.
 
-def group_inputs(group):
-    needed = {SW.runs[n].config["testbed"]["teacher"] for n in SW.groups[group]}
-    needed |= {SW.runs[n].config["testbed"].get("classifier") for n in SW.groups[group]} - {None}
-    if any(SW.runs[n].config["testbed"]["kind"] == "cifar10" for n in SW.groups[group]):
-        return [f"{R}/assets/verified.json", f"{R}/tracking.json"]  # downloaded files: checked, not built
-    return sorted(needed) + [f"{R}/tracking.json"]
-
-
 def job_resources(kind):
     """What each submitit job asks for (workflow/schema.py Resources), shown by `snakemake -n` as the rule's
     resources; Snakemake itself schedules by cores only (each rule just waits on its job)."""
@@ -20,7 +12,7 @@ def job_resources(kind):
 for _group in SW.groups:
     rule:
         name: f"distill_{_group.replace('-', '_')}"
-        input: group_inputs(_group)
+        input: SW.group_inputs(_group) + [f"{R}/tracking.json"]  # built assets, or the verified downloads
         output: SW.group_done_files(_group)
         params: group=_group
         threads: 1
@@ -30,17 +22,10 @@ for _group in SW.groups:
             dag.launch_group(S, SW, params.group, TRACKING_URI)
 
 
-def teacher_row_inputs(experiment):
-    rows = SW.teacher_rows[experiment]
-    if any(r["testbed_config"]["kind"] == "cifar10" for r in rows):
-        return [f"{R}/assets/verified.json", f"{R}/tracking.json"]
-    return sorted({r[k] for r in rows for k in ("teacher", "classifier") if r[k]}) + [f"{R}/tracking.json"]
-
-
 rule teacher_rows:
-    input: lambda w: teacher_row_inputs(w.experiment)
+    input: lambda w: SW.teacher_row_inputs(w.experiment) + [f"{R}/tracking.json"]
     output: f"{R}/teacher_rows/{{experiment}}.json"
-    wildcard_constraints: experiment="table1|table2"
+    wildcard_constraints: experiment="|".join(SW.teacher_rows) or "none"
     threads: 1
     resources: **job_resources("teacher_rows")
     run:

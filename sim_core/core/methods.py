@@ -1,0 +1,66 @@
+"""Methods by name. Each entry is the method's typed config (a model keyed on ``name``); the config builds the
+generator (theta-step) loss. All methods share the psi-step, the generator and the loop."""
+from __future__ import annotations
+
+import math
+
+from pydantic import Field, field_validator, model_validator
+
+from sim_core.core.time_dists import TIME_DISTRIBUTIONS, build_time_distribution
+from sim_core.core.weightings import WEIGHTINGS
+from sim_core.registry import Registry
+from sim_core.schema import Strict
+
+# Lazy entries "module:attr": the baselines import the core, so they are named here, not imported.
+METHODS = Registry("method")
+METHODS.register("sim", "sim_core.core.sim_loss:SIMConfig")
+METHODS.register("sid", "baselines.sid:SiDConfig")
+METHODS.register("di", "baselines.diff_instruct:DIConfig")
+
+
+class MethodConfig(Strict):
+    """What every method's config has: the theta-step's time distribution and weighting (each method's defaults
+    come from its own reference code), and ``build()``."""
+    name: str
+    time_dist: str
+    time_dist_params: dict = Field(default_factory=dict)
+    weighting: str
+
+    @field_validator("time_dist")
+    @classmethod
+    def _time_dist(cls, v):
+        TIME_DISTRIBUTIONS.get(v)  # an unknown name lists the valid ones
+        return v
+
+    @field_validator("weighting")
+    @classmethod
+    def _weighting(cls, v):
+        WEIGHTINGS.get(v)
+        return v
+
+    @model_validator(mode="after")
+    def _builds(self):
+        self.build(warn=False)  # bad parameters of a named part fail here, in one line, before any work
+        return self
+
+    def time_distribution(self):
+        return build_time_distribution(self.time_dist, **self.time_dist_params)
+
+    def build(self, warn: bool = True):
+        """The method's generator loss (``warn``: say when a choice breaks Theorem 3.1's conditions)."""
+        raise NotImplementedError
+
+
+def finite(name: str, value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"method {name}: {what} must be finite, got {value}")
+    return value
+
+
+def method_config(data) -> MethodConfig:
+    """The typed config of ``data['name']`` (default sim), validated by that method's model."""
+    if isinstance(data, MethodConfig):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"must be a mapping with a method name, got {type(data).__name__}")
+    return METHODS.get(data.get("name", "sim")).model_validate({"name": "sim", **data})

@@ -1,0 +1,112 @@
+"""Atomic writes and checked reads of checkpoints, teacher files and results.
+
+Everything is written to a temporary file in the target directory and renamed into place, so a reader never
+sees a half-written file. Reads turn a missing or corrupt file into one clear line.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from sim_core.errors import CheckpointError
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    atomic_write_bytes(path, text.encode())
+    return Path(path)
+
+
+def atomic_savefig(fig, path: str | Path, **kwargs) -> Path:
+    """Save a matplotlib figure through a temporary file with the same extension, then rename it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format=path.suffix.lstrip("."), **kwargs)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_torch_save(obj, path: str | Path) -> str:
+    """torch.save atomically; returns the SHA-256 of the bytes written."""
+    import torch  # here, not at the top: the Snakemake process writes JSON through this module without torch
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_file(path: str | Path, what: str, sha256: str | None = None, hint: str = "",
+               compute: bool = False) -> str | None:
+    """A file that must exist and, when ``sha256`` is given, have that checksum; one CheckpointError line
+    otherwise (``hint``: what to do, appended after '; '). Returns the file's SHA-256 when it was computed
+    (a pin was given, or ``compute``), else None."""
+    path = Path(path)
+    tail = f"; {hint}" if hint else ""
+    if not path.is_file():
+        raise CheckpointError(f"{what} not found: {path}{tail}")
+    if sha256 is None and not compute:
+        return None
+    actual = sha256_file(path)
+    if sha256 is not None and actual != sha256.lower():
+        raise CheckpointError(f"{what} {path}: SHA-256 {actual[:16]}... does not match the expected "
+                              f"{sha256[:16]}...{tail}")
+    return actual
+
+
+def load_checked(path: str | Path, what: str, fmt: str | None = None, sha256: str | None = None) -> dict:
+    """Load a torch file written by this project (weights_only: no code is executed).
+
+    ``fmt`` is the expected value of the file's "format" key; ``sha256`` pins the file's checksum.
+    """
+    path = Path(path)
+    check_file(path, what, sha256)
+    import torch
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, garbage bytes, foreign pickle
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{what} {path} is corrupt or not a torch file: {first[:200]}") from None
+    if not isinstance(obj, dict) or (fmt is not None and obj.get("format") != fmt):
+        found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{what} {path} is not a {fmt} file (found format {found!r})")
+    return obj

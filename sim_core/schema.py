@@ -1,0 +1,46 @@
+"""What every typed config of the project shares: a strict pydantic base, one-line error messages, YAML files and
+dotted overrides. Imports no torch."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from sim_core.errors import ConfigError
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors; assignments are validated too."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def format_error(e: ValidationError) -> str:
+    """The first error of a pydantic ValidationError as 'dotted.key: message (and N more)'."""
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
+
+
+def read_yaml(path: str | Path, what: str = "config") -> dict:
+    """A YAML file as a dict; a missing or unparsable file is one ConfigError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def set_path(data: dict, dotted: str, value) -> None:
+    """Apply an override ``a.b.c=value`` to a nested dict."""
+    keys = dotted.split(".")
+    cur = data
+    for k in keys[:-1]:
+        cur = cur.setdefault(k, {})
+        if not isinstance(cur, dict):
+            raise ConfigError(f"bad override {dotted!r}: {k} is not a section")
+    cur[keys[-1]] = value

@@ -1,0 +1,107 @@
+"""The runtime side of a testbed: its teacher, how a batch's conditioning is drawn, its evaluation and its sample
+pictures. Each testbed's ``testbed.py`` subclasses :class:`Testbed`; the loop uses only what is defined here."""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import torch
+
+
+def uniform_labels(n: int, label_dim: int, rng: torch.Generator, dtype=torch.float32, device="cpu"):
+    """Uniform one-hot class labels (n, label_dim), or None for an unconditional testbed."""
+    if label_dim == 0:
+        return None
+    idx = torch.randint(0, label_dim, (n,), generator=rng)
+    return torch.nn.functional.one_hot(idx, label_dim).to(dtype=dtype, device=device)
+
+
+def net_dtype_device(net: torch.nn.Module):
+    """The dtype and device of a network's parameters (what its inputs must have)."""
+    p = next(net.parameters())
+    return p.dtype, p.device
+
+
+@torch.no_grad()
+def generate(G, n: int, data_shape, seed: int, batch_size: int = 1000, device="cpu", dtype=torch.float32,
+             draw_cond=None):
+    """n samples of a one-step generator with fixed noise (seeded independently of training) and the conditioning
+    of each batch (a list; None when unconditional). ``draw_cond(n, rng, dtype, device)`` draws it."""
+    rng = torch.Generator().manual_seed(seed)
+    out, conds = [], []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        z = G.sample_z(b, data_shape, rng, dtype, device)
+        cond = draw_cond(b, rng, dtype, device) if draw_cond is not None else None
+        out.append(G(z, cond).cpu())
+        conds.append(cond)
+    return torch.cat(out), (None if all(c is None for c in conds) else conds)
+
+
+def mean_over_draws(results: list) -> dict:
+    """The mean of each scalar metric over independent draws, and its standard deviation as <key>_std_seeds."""
+    out = {}
+    for k in results[0]:
+        vals = [r[k] for r in results]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            out[k] = statistics.fmean(vals)
+            if len(vals) > 1:
+                out[f"{k}_std_seeds"] = statistics.stdev(vals)
+    return out
+
+
+class Testbed:
+    """A loaded testbed: ``D_teacher`` (the EDM denoiser), ``data_shape``, ``label_dim`` and ``meta``."""
+
+    def __init__(self, D_teacher, meta: dict):
+        self.D_teacher, self.meta = D_teacher, meta
+        self.data_shape = tuple(meta["data_shape"])
+        self.label_dim = int(meta["label_dim"])
+
+    def draw_cond(self, n: int, rng: torch.Generator, dtype=torch.float32, device="cpu"):
+        """The conditioning of n samples, drawn from ``rng`` (the loop cuts it like the batch, unopened): None when
+        unconditional; here uniform one-hot class labels (CIFAR-10: labels of random training images, as SiD/DI)."""
+        return uniform_labels(n, self.label_dim, rng, dtype, device)
+
+    def final_metrics(self, G, eval_cfg, seeds, protocol=None, device="cpu") -> dict:
+        """The final evaluation of a generator: the mean of each metric over independent noise draws (one per
+        seed) and its standard deviation over them (key_std_seeds). CIFAR-10 uses a FID protocol instead."""
+        results = []
+        for seed in seeds:
+            ecfg = eval_cfg.model_copy(update={"seed": int(seed)})
+            results.append(self.evaluator(ecfg, torch.device(device), torch.float32)(G, -1))
+        return mean_over_draws(results)
+
+    def teacher_metrics(self, nfe: int, seed: int, eval_cfg, protocol=None, device="cpu") -> dict:
+        """The teacher's own EDM Heun sampler at ``nfe`` evaluations, evaluated as the generators are."""
+        from sim_core.core.sampler import heun_sampler
+        g = torch.Generator().manual_seed(10_000 + seed)
+        latents = torch.randn((eval_cfg.num_samples, *self.data_shape), generator=g)
+        cond = self.draw_cond(eval_cfg.num_samples, g)
+        x = heun_sampler(self.D_teacher, latents, cond, num_steps=(nfe + 1) // 2)
+        return self.metrics(x, cond, eval_cfg)
+
+    def evaluator(self, eval_cfg, device, dtype):
+        def evaluate(G, step):
+            x, cond = generate(G, eval_cfg.num_samples, self.data_shape, eval_cfg.seed, eval_cfg.batch_size, device,
+                               dtype, draw_cond=self.draw_cond)
+            return self.metrics(x, cond, eval_cfg)
+        return evaluate
+
+    def metrics(self, x: torch.Tensor, cond, eval_cfg) -> dict:
+        raise NotImplementedError
+
+    def save_samples(self, G, path, seed: int) -> None:
+        raise NotImplementedError
+
+
+def save_image_grid(x: torch.Tensor, path, nrow: int = 10, scale: int = 1) -> None:
+    """Images in [0, 1] (B, C, H, W) as one PNG grid, written atomically (``scale``: nearest-neighbour zoom)."""
+    from torchvision.utils import save_image
+    if scale != 1:
+        x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_suffix(".tmp.png")
+    save_image(x, tmp, nrow=nrow, padding=2)
+    tmp.replace(path)
+

@@ -1,0 +1,73 @@
+"""A run directory and its records: config.yaml (resolved), config_hash.txt, provenance.json, status.json and the
+metrics log metrics.jsonl; checkpoint.pt, snapshots/ and samples/ are written by the loop. Every file but the
+append-only metrics log is written atomically."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from sim_core.errors import RunDirError
+from sim_core.files import atomic_write_json, atomic_write_text, sha256_file
+from sim_core.train.config import RunConfig, parse_config
+from sim_core.train.provenance import provenance
+
+
+def read_metrics(run_dir) -> list[dict]:
+    p = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines() if line] if p.exists() else []
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, buffered and appended in batches. ``unsynced`` holds the
+    records not yet handed to the tracker, so a sync never re-reads the file."""
+
+    def __init__(self, path: Path, write: bool = True):
+        self.path, self.buffer, self.unsynced, self.write = path, [], [], write  # write: rank 0 only
+
+    def add(self, record: dict) -> None:
+        self.buffer.append(record)
+        self.unsynced.append(record)
+
+    def flush(self) -> None:
+        if self.buffer and self.write:
+            with open(self.path, "a") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in self.buffer))
+            self.buffer = []
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records logged after the checkpoint, so the history has no duplicated steps. The
+        records kept become ``unsynced``: the tracker skips those the store already holds (up to its synced step)."""
+        self.unsynced = [r for r in read_metrics(self.path.parent) if r["step"] <= step]
+        if self.path.exists() and self.write:
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.unsynced))
+
+
+def read_status(run_dir) -> dict | None:
+    p = Path(run_dir) / "status.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def write_status(run_dir, record: dict) -> None:
+    atomic_write_json(Path(run_dir) / "status.json", record)
+
+
+def prepare_run_dir(cfg: RunConfig, run_dir) -> Path:
+    """Create the run directory with its provenance, or check that an existing one holds the same config."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.exists():
+        existing = parse_config(yaml.safe_load(cfg_path.read_text()))
+        if existing.hash() != cfg.hash():
+            raise RunDirError(f"run directory {run_dir} holds config {existing.hash()}, not {cfg.hash()}; "
+                              "use another --run-dir")
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    teacher = Path(cfg.testbed.teacher)
+    atomic_write_json(run_dir / "provenance.json",
+                      provenance(cfg.hash(), {"teacher_sha256": sha256_file(teacher) if teacher.is_file() else None,
+                                              "threads": cfg.threads}))
+    atomic_write_text(run_dir / "config_hash.txt", cfg.hash() + "\n")
+    atomic_write_text(cfg_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return run_dir

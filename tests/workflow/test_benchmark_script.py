@@ -1,0 +1,56 @@
+"""The iteration benchmark runs and prints its ratios (timings themselves are not asserted: benchmarks are
+scripts, not timed tests)."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_iterations_prints_ratios():
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_iterations.py"), "--batch", "8",
+                        "--reps", "3"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    ratio = float(re.search(r"ratio SIM iteration / floor: ([0-9.]+)", p.stdout).group(1))
+    assert 0.3 < ratio < 10  # the loop is its passes plus bookkeeping: neither free nor an order of magnitude off
+    for m in ("sim", "sid", "di"):
+        assert re.search(rf"^{m}\s+[0-9.]+\s+[0-9.]+", p.stdout, re.M)
+
+
+def test_bench_gpu_iteration_tiny_on_cpu():
+    """The GPU benchmark's --tiny mode (a very small SongUNet, batch 8) on CPU, with the switches passed through:
+    it prints its configuration line, images/s of each method and the floor ratio."""
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gpu_iteration.py"), "--tiny", "--device", "cpu",
+                        "--reps", "2", "--warmup", "1", "--cond", "--bf16", "--channels-last", "--grad-accum", "2"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    config = re.search(r"^config: device=cpu .*$", p.stdout, re.M).group(0)
+    for switch in ("torch=2.", "network=songunet tiny", "cond=True", "batch=8", "tf32=False", "bf16=True",
+                   "channels_last=True", "grad_accum=2", "cudnn_benchmark=True"):
+        assert switch in config, switch
+    for m in ("sim", "sid", "di"):
+        ms, per_s, images_s = (float(v) for v in re.search(rf"^{m}\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)\s+nan",
+                                                            p.stdout, re.M).groups())
+        assert ms > 0 and abs(images_s - 8 * per_s) <= 0.01 * images_s + 0.1  # images/s = batch x iterations/s
+    passes = re.findall(r"^  (\w+)\s+([0-9.]+)$", p.stdout, re.M)
+    assert [k for k, _ in passes] == ["gen_forward_nograd", "online_forward_backward", "adam_online",
+                                      "gen_forward_backward", "teacher_forward_backward_to_input",
+                                      "online_forward_backward_to_input", "adam_gen", "ema"]
+    floor = float(re.search(r"sum of passes \(floor\)\s+([0-9.]+)", p.stdout).group(1))
+    assert abs(floor - sum(float(v) for _, v in passes)) < 0.05 * floor + 0.1
+    ratio = float(re.search(r"ratio SIM iteration / floor: ([0-9.]+)", p.stdout).group(1))
+    assert 0.05 < ratio < 20  # an iteration is its passes plus bookkeeping (wide: a shared CPU is noisy)
+
+
+def test_bench_paper_testbed_tiny_on_cpu():
+    """The paper-scale testbed benchmark runs end to end on stand-in files (small network, CPU) and prints its
+    timings; the full-size run is for GPUs (numbers in the README)."""
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_paper_testbed.py"), "--tiny"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert re.search(r"distillation: finished after 2 iterations", p.stdout)
+    assert re.search(r"final evaluation, edm protocol \(3 trials x 4\): [0-9.]+ s; FID [0-9.]+", p.stdout)
+    assert re.search(r"teacher row, Heun 3 NFE", p.stdout)

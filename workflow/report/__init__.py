@@ -1,0 +1,20 @@
+"""The report: the paper's tables and figures regenerated from MLflow, with the paper's numbers beside ours.
+
+Tables are data: ``workflow/paper/<table>.yaml`` names the paper's CSV, its metric columns, which paper row each
+of our rows reproduces and the claims to check (tables.py reads them; a new table is a new file). Figures are code
+(figures.py). Imports nothing heavy: the Snakefile reads the targets from here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+PAPER_DIR = Path(__file__).resolve().parent.parent / "paper"
+TABLES = tuple(sorted(p.stem for p in PAPER_DIR.glob("table*.yaml")))
+# figure target -> (the experiment whose runs it draws, the files it writes into <results>/figures/)
+FIGURES = {
+    "figure2": ("figure2", ("figure2.png", "figure2.pdf")),
+    "fid_convergence": ("figure2", ("figure_b6_fid_convergence.png", "figure_b6_fid_convergence.pdf")),
+    "lr_sweep": ("lr_sweep", ("lr_sweep.png", "lr_sweep.pdf", "lr_sweep.csv")),
+}
+EXPERIMENTS = TABLES + tuple(dict.fromkeys(exp for exp, _ in FIGURES.values()))
+TARGETS = TABLES + tuple(FIGURES)

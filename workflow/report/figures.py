@@ -1,0 +1,221 @@
+"""The paper's figures regenerated from MLflow: Figure 2 (FID and IS vs iterations at two learning rates, with the
+ablations), the Appendix B.6 FID-convergence figure, and a learning-rate sweep beyond the paper. The testbed's
+metrics for the "fid" and "is" columns are plotted (sim_core/testbeds/*/__init__.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sim_core.files import atomic_savefig, atomic_write_text
+from workflow.report.manifest import by_label, column_metrics, select
+from workflow.report.mlflow_reader import RunReader
+from workflow.report.stats import summarize_label
+
+FAMILY_COLOUR = {"sim": 0, "sid": 1, "di": 2, "teacher": 7}  # index into seaborn's "deep" palette
+LINESTYLES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 1)), (0, (6, 3))]
+BAND = "min-max over seeds"
+
+
+def _save_figure(fig, out_dir, stem: str) -> list[Path]:
+    """Write out_dir/<stem>.png and .pdf."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [atomic_savefig(fig, out / f"{stem}{ext}", bbox_inches="tight", dpi=150) for ext in (".png", ".pdf")]
+
+
+def _new_figure(rows: int, cols: int, size: tuple[float, float]):
+    """A constrained-layout Figure (Agg, no pyplot state) with seaborn's whitegrid theme, and its axes grid."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import seaborn as sns
+    from matplotlib.figure import Figure
+    sns.set_theme(style="whitegrid")
+    fig = Figure(figsize=size, layout="constrained")
+    return fig, fig.subplots(rows, cols, squeeze=False)
+
+
+def lr_text(lr: float) -> str:
+    """1e-4 rather than 0.0001 or 1e-04."""
+    return np.format_float_scientific(lr, trim="-", exp_digits=1)
+
+
+def line_styles(records) -> dict[str, dict]:
+    """label -> colour (a shade of its method family's colour) and line style (one per variant in the family);
+    the label naming the plain method (e.g. "SIM") gets the full colour and a solid line."""
+    import seaborn as sns
+    palette = sns.color_palette("deep")
+    families: dict[str, list[str]] = {}
+    for label, recs in by_label(records).items():
+        families.setdefault(recs[0]["method"], []).append(label)
+    styles = {}
+    for method, labels in families.items():
+        labels = sorted(labels, key=lambda lb: " / " in lb or "(" in lb)  # plain method label first, stable
+        base = np.array(palette[FAMILY_COLOUR[method]])
+        for i, label in enumerate(labels):
+            lighten = 0.55 * i / max(1, len(labels) - 1) if len(labels) > 1 else 0.0
+            styles[label] = dict(color=tuple(base + (1 - base) * lighten), linestyle=LINESTYLES[i % len(LINESTYLES)])
+    return styles
+
+
+def curve(records, reader: RunReader, key: str):
+    """Mean, min and max of eval/<key> over a label's finished and diverged seeds at each step, and the
+    last finite point (step, value) of each diverged seed."""
+    series, marks = [], []
+    for rec in records:
+        run = reader.run(rec["run_id"])
+        if run["status"] not in ("finished", "diverged"):
+            continue
+        hist = dict(reader.history(rec["run_id"], f"eval/{key}"))
+        values = pd.Series(list(hist.values()), index=list(hist.keys()), dtype=float)
+        series.append(values)
+        finite = values.dropna()
+        if run["status"] == "diverged" and len(finite):
+            marks.append((finite.index[-1], finite.iloc[-1]))
+    if not series:
+        return pd.Series(dtype=float), pd.Series(dtype=float), pd.Series(dtype=float), marks
+    frame = pd.concat(series, axis=1).sort_index()
+    return frame.mean(axis=1).dropna(), frame.min(axis=1).dropna(), frame.max(axis=1).dropna(), marks
+
+
+def draw_curve(ax, records, reader: RunReader, key: str, style: dict):
+    """One label's mean line, min-max band and diverged marks on `ax`; returns the line (or None)."""
+    mean, low, high, marks = curve(records, reader, key)
+    if mean.empty:
+        return None
+    (line,) = ax.plot(mean.index, mean.values, lw=1.6, **style)
+    ax.fill_between(low.index, low.values, high.reindex(low.index).values, color=style["color"], alpha=0.15, lw=0)
+    for step, value in marks:
+        ax.plot([step], [value], marker="x", ms=10, mew=2.5, color=style["color"], linestyle="none", zorder=5)
+    return line
+
+
+def _legend_label(label: str, records, reader: RunReader) -> str:
+    """The label, plus how many seeds diverged or failed at which learning rate."""
+    notes = []
+    for status in ("diverged", "failed"):
+        for lr in sorted({r["lr"] for r in records}, reverse=True):
+            at_lr = [r for r in records if r["lr"] == lr]
+            k = sum(reader.run(r["run_id"])["status"] == status for r in at_lr)
+            if k:
+                notes.append(f"{status} {k}/{len(at_lr)} at lr={lr_text(lr)}")
+    return label + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _curve_panels(records, reader: RunReader, metrics, axes, styles, log_y: bool = False) -> dict:
+    """Draw every label on a (metric x lr) grid of axes; returns label -> a line handle."""
+    lrs = sorted({r["lr"] for r in records}, reverse=True)
+    handles = {}
+    for j, lr in enumerate(lrs):
+        groups = by_label([r for r in records if r["lr"] == lr])
+        for i, metric in enumerate(metrics):
+            ax = axes[i][j]
+            for label, recs in groups.items():
+                line = draw_curve(ax, recs, reader, metric.key, styles[label])
+                if line is not None:
+                    handles.setdefault(label, line)
+            if log_y:
+                from matplotlib.ticker import FormatStrFormatter
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+                ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+            ax.set_title(f"lr = {lr_text(lr)}" if i == 0 else "")
+            better = "lower" if metric.lower_is_better else "higher"
+            ax.set_ylabel(f"{metric.name} ({better} is better)" if j == 0 else "")
+            ax.set_xlabel("training iteration" if i == len(metrics) - 1 else "")
+    return handles
+
+
+def _figure_legend(fig, handles: dict, records, reader: RunReader) -> None:
+    """One legend outside the axes, one entry per label, explaining band and 'x' in its title."""
+    labels = [lb for lb in by_label(records) if lb in handles]
+    fig.legend([handles[lb] for lb in labels], [_legend_label(lb, by_label(records)[lb], reader) for lb in labels],
+               loc="outside right center", fontsize=8, title_fontsize=8,
+               title=f"line: mean over seeds\nshaded: {BAND}\nx: diverged run's last finite point")
+
+
+def build_figure2(manifest_records, tracking_uri: str):
+    """Figure 2: FID (top) and IS (bottom) vs training iterations, one column per lr (higher lr left)."""
+    records = select(manifest_records, "figure2", need_lr=True)
+    reader, metrics = RunReader(tracking_uri), column_metrics(records)
+    lrs = {r["lr"] for r in records}
+    fig, axes = _new_figure(2, len(lrs), (4.6 * len(lrs) + 3.2, 7.0))
+    handles = _curve_panels(records, reader, metrics, axes, line_styles(records))
+    _figure_legend(fig, handles, records, reader)
+    fig.suptitle(f"Figure 2 ({records[0]['scale']}-scale reproduction on {records[0]['dataset']}; paper: CIFAR-10): "
+                 f"{metrics[0].name} and {metrics[1].name} vs training iterations; mean over seeds, band = {BAND}",
+                 fontsize=10)
+    return fig
+
+
+def figure2(manifest_records, tracking_uri: str, out_dir) -> list[Path]:
+    """Write out_dir/figure2.png and .pdf."""
+    return _save_figure(build_figure2(manifest_records, tracking_uri), out_dir, "figure2")
+
+
+def build_fid_convergence(manifest_records, tracking_uri: str):
+    """Appendix B.6: SIM vs SiD FID vs iterations (log y), from figure2's default-variant runs, one panel per lr."""
+    records = [r for r in select(manifest_records, "figure2", need_lr=True) if r["label"] in ("SIM", "SiD")]
+    if not records:
+        raise ValueError("experiment figure2 has no runs labelled SIM or SiD")
+    reader, metric = RunReader(tracking_uri), column_metrics(records, ("fid",))[0]
+    lrs = {r["lr"] for r in records}
+    fig, axes = _new_figure(1, len(lrs), (4.6 * len(lrs) + 3.2, 3.8))
+    handles = _curve_panels(records, reader, (metric,), axes, line_styles(records), log_y=True)
+    _figure_legend(fig, handles, records, reader)
+    fig.suptitle(f"Appendix B.6 ({records[0]['scale']}-scale reproduction): SIM vs SiD {metric.name} convergence",
+                 fontsize=10)
+    return fig
+
+
+def fid_convergence(manifest_records, tracking_uri: str, out_dir) -> list[Path]:
+    """Write out_dir/figure_b6_fid_convergence.png and .pdf."""
+    return _save_figure(build_fid_convergence(manifest_records, tracking_uri), out_dir, "figure_b6_fid_convergence")
+
+
+def lr_sweep_table(records, reader: RunReader, key: str) -> pd.DataFrame:
+    """One row per (label, lr): final FID mean over finished seeds, seeds, diverged and failed counts."""
+    rows = []
+    for label, recs in by_label(records).items():
+        for lr in sorted({r["lr"] for r in recs}):
+            summary = summarize_label([r for r in recs if r["lr"] == lr], reader, key)
+            rows.append(dict(method=label, lr=lr, fid_mean=summary["mean"], n_seeds=summary["n_seeds"],
+                             n_diverged=len(summary["diverged"]), n_failed=summary["others"].get("failed", 0)))
+    return pd.DataFrame(rows, columns=["method", "lr", "fid_mean", "n_seeds", "n_diverged", "n_failed"])
+
+
+def build_lr_sweep(manifest_records, tracking_uri: str):
+    """Final FID vs learning rate per method (log x); diverged (label, lr) cells as red 'x' at the top."""
+    from matplotlib.transforms import blended_transform_factory
+    records = select(manifest_records, "lr_sweep", need_lr=True)
+    reader, metric = RunReader(tracking_uri), column_metrics(records, ("fid",))[0]
+    table = lr_sweep_table(records, reader, metric.key)
+    styles = line_styles(records)
+    fig, axes = _new_figure(1, 1, (7.5, 4.2))
+    ax, top = axes[0][0], blended_transform_factory(axes[0][0].transData, axes[0][0].transAxes)
+    marked = False
+    for i, (label, rows) in enumerate(table.groupby("method", sort=False)):
+        done = rows.dropna(subset=["fid_mean"])
+        ax.plot(done["lr"], done["fid_mean"], marker="o", label=label, **styles[label])
+        for lr in rows.loc[rows["n_diverged"] > 0, "lr"]:
+            y = 0.97 - 0.06 * i
+            ax.plot([lr], [y], transform=top, marker="x", ms=10, mew=2.5, color="red", linestyle="none",
+                    clip_on=False, label="_diverged" if marked else "diverged")
+            marked = True
+            ax.annotate(label, (lr, y), xycoords=top, xytext=(6, -3), textcoords="offset points", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(f"final {metric.name} (mean over finished seeds)")
+    ax.set_title("Learning-rate sweep: red x = at least one seed diverged at that lr", fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda k: labels[k] == "diverged")  # "diverged" last
+    fig.legend([handles[k] for k in order], [labels[k] for k in order], loc="outside right center", fontsize=8)
+    return fig, table
+
+
+def lr_sweep_figure(manifest_records, tracking_uri: str, out_dir) -> list[Path]:
+    """Write out_dir/lr_sweep.png, .pdf and lr_sweep.csv."""
+    fig, table = build_lr_sweep(manifest_records, tracking_uri)
+    paths = _save_figure(fig, out_dir, "lr_sweep")
+    return paths + [atomic_write_text(Path(out_dir) / "lr_sweep.csv", table.to_csv(index=False))]
