@@ -18,7 +18,6 @@ import torch
 from sim_core.train.config import parse_config
 from sim_core.core.edm import EDMPrecond
 from sim_core.core.ema import ema_beta, ema_update
-from sim_core.core.generator import random_labels
 from sim_core.nets.mlp import ResidualMLP
 from sim_core.train.precision import autocast, to_memory_format
 from sim_core.testbeds.edm_teacher import load_teacher
@@ -67,7 +66,7 @@ def pass_floor(d: Distiller, reps: int, sync=no_sync, warmup: int = 5) -> dict:
     n, k, shape = d.micro[0].stop - d.micro[0].start, len(d.micro), d.data_shape
     rng = torch.Generator().manual_seed(0)
     z = to_memory_format(d.G.sample_z(n, shape, rng, d.dtype, d.device), d.perf)
-    labels = random_labels(n, d.label_dim, rng, d.dtype, d.device)
+    labels = d.testbed.draw_cond(n, rng, d.dtype, d.device)
     sigma = (torch.rand(n, generator=rng, dtype=d.dtype) + 0.1).to(d.device)
     x_t = to_memory_format(torch.randn((n, *shape), generator=rng, dtype=d.dtype).to(d.device), d.perf)
 
@@ -77,7 +76,7 @@ def pass_floor(d: Distiller, reps: int, sync=no_sync, warmup: int = 5) -> dict:
             with torch.no_grad(), autocast(d.perf, d.device):
                 d.G(z, labels)
 
-    def fake_train():  # psi-step forward + backward to the parameters
+    def psi_train():  # psi-step forward + backward to the parameters
         d.D_psi.train().requires_grad_(True)
         for _ in range(k):
             with autocast(d.perf, d.device):
@@ -112,9 +111,9 @@ def pass_floor(d: Distiller, reps: int, sync=no_sync, warmup: int = 5) -> dict:
         ema_update(d.G_ema, d.G, 0.999)
 
     # Adam needs gradients to exist to do its work
-    fake_train()
+    psi_train()
     gen_fwd_bwd()
-    parts = dict(gen_forward_nograd=gen_nograd, online_forward_backward=fake_train, adam_online=adam_online,
+    parts = dict(gen_forward_nograd=gen_nograd, online_forward_backward=psi_train, adam_online=adam_online,
                  gen_forward_backward=gen_fwd_bwd, teacher_forward_backward_to_input=frozen_fwd_bwd_input(d.D_teacher),
                  online_forward_backward_to_input=frozen_fwd_bwd_input(d.D_psi), adam_gen=adam_gen, ema=ema)
     return {name: timed(f, reps, warmup, sync) for name, f in parts.items()}

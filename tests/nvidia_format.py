@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import math
 import pickle
 import sys
 import types
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from sim_core.core.edm import EDMPrecond
 from sim_core.nets.songunet import SONGUNET_DEFAULTS
@@ -239,15 +241,43 @@ def write_stand_in_paper_assets(d, D: EDMPrecond, rank: int = 64) -> str:
     """The paper-scale files under their manifest names (sim_core/assets.py), as stand-ins in the real formats:
     ``D`` as NVIDIA's EDM pickle, random Inception-v3 weights in torch-fidelity's format, and full-rank reference
     statistics in EDM's npz format. Returns the Inception file's SHA-256 (not the published one)."""
-    from test_image_metrics import _random_inception_state_dict
     from sim_core.assets import MANIFEST
     from sim_core.files import sha256_file
     from sim_core.testbeds.cifar10.image_metrics import save_reference_stats
     write_edm_pickle(Path(d) / MANIFEST.get("teacher_cond" if D.label_dim else "teacher_uncond").filename, D)
     inception = Path(d) / MANIFEST.get("inception").filename
-    torch.save(_random_inception_state_dict(Path(d)), inception)
+    torch.save(random_inception_state_dict(Path(d)), inception)
     rng = np.random.default_rng(0)
     A = rng.standard_normal((2048, rank))
     save_reference_stats(Path(d) / MANIFEST.get("fid_ref").filename, rng.standard_normal(2048) * 0.1,
                          A @ A.T / rank + 0.05 * np.eye(2048))
     return sha256_file(inception)
+
+
+def random_inception_state_dict(tmp_path, seed=0):
+    """torch-fidelity's FeatureExtractorInceptionV3 structure with random weights (He-normal convs, perturbed
+    batch-norm statistics, a non-zero output bias), as the plain state dict torch.save'd that its loader reads."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class Unloaded(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):  # the empty file below: keep the init
+            assert len(state_dict) == 0
+
+    empty = tmp_path / "empty.pth"
+    torch.save({}, empty)
+    net = Unloaded("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / fan_in))
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(0.8 + 0.4 * torch.rand(m.weight.shape, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(0.8 + 0.4 * torch.rand(m.running_var.shape, generator=g))
+            elif isinstance(m, nn.Linear):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / math.sqrt(m.in_features))
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
+    return net.state_dict()

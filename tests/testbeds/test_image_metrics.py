@@ -20,6 +20,7 @@ from sim_core.testbeds.cifar10.image_metrics import (EDM_DDOF, FID_PROTOCOLS, SI
                                     save_reference_stats)
 from sim_core.testbeds.cifar10.inception import INCEPTION_URL, InceptionFeatures, quantize
 from sim_core.registry import UnknownNameError
+from nvidia_format import random_inception_state_dict
 
 torch.set_num_threads(1)
 
@@ -288,40 +289,11 @@ def test_protocol_registry_and_bad_inputs():
 
 
 # ---------------------------------------------------------------------------- Inception with random weights
-def _random_inception_state_dict(tmp_path, seed=0):
-    """torch-fidelity's FeatureExtractorInceptionV3 structure with random weights (He-normal convs, perturbed
-    batch-norm statistics, a non-zero output bias), as the plain state dict torch.save'd that its loader reads."""
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
-    class Unloaded(FeatureExtractorInceptionV3):
-        def load_state_dict(self, state_dict, strict=True, assign=False):  # the empty file below: keep the init
-            assert len(state_dict) == 0
-
-    empty = tmp_path / "empty.pth"
-    torch.save({}, empty)
-    net = Unloaded("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_in = m.weight[0].numel()
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / fan_in))
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(0.8 + 0.4 * torch.rand(m.weight.shape, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(0.8 + 0.4 * torch.rand(m.running_var.shape, generator=g))
-            elif isinstance(m, nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / math.sqrt(m.in_features))
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
-    return net.state_dict()
-
-
 @pytest.fixture(scope="module")
 def random_inception(tmp_path_factory):
     from sim_core.files import sha256_file
     tmp = tmp_path_factory.mktemp("inception")
-    state = _random_inception_state_dict(tmp)
+    state = random_inception_state_dict(tmp)
     path = tmp / "weights-inception-random.pth"
     torch.save(state, path)
     return path, sha256_file(path), state

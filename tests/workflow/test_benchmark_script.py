@@ -2,10 +2,13 @@
 scripts, not timed tests)."""
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,6 +54,19 @@ def test_bench_paper_testbed_tiny_on_cpu():
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_paper_testbed.py"), "--tiny"],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert re.search(r"distillation: finished after 2 iterations", p.stdout)
-    assert re.search(r"final evaluation, edm protocol \(3 trials x 4\): [0-9.]+ s; FID [0-9.]+", p.stdout)
-    assert re.search(r"teacher row, Heun 3 NFE", p.stdout)
+    it = re.search(r"distillation: finished after 2 iterations in ([0-9.]+) s .*; ([0-9.]+) s/iteration = "
+                   r"([0-9.]+) images/s", p.stdout)
+    total, per_it, images = (float(v) for v in it.groups())
+    assert per_it <= total and images == pytest.approx(4 / per_it, rel=0.05, abs=1)  # batch 4
+    ev = re.search(r"one in-training FID\+IS evaluation \(4 samples, SiD's one trial\): ([0-9.]+) s = ([0-9.]+) "
+                   r"samples/s; its FID ([0-9.]+)", p.stdout)
+    seconds, rate, fid_trial = (float(v) for v in ev.groups())
+    assert rate == pytest.approx(4 / seconds, rel=0.1, abs=1)
+    final = re.search(r"final evaluation, edm protocol \(3 trials x 4\): ([0-9.]+) s; FID ([0-9.]+), spread "
+                      r"([0-9.]+)", p.stdout)
+    _, fid, spread = (float(v) for v in final.groups())
+    # the EDM protocol reports the minimum of its 3 trials; its spread is their range, which covers the minimum
+    assert math.isfinite(fid) and fid > 0 and spread >= 0
+    teacher = float(re.search(r"teacher row, Heun 3 NFE, edm protocol \(3 x 4 samples\): [0-9.]+ s = [0-9.]+ "
+                              r"network evaluations per image-second; FID ([0-9.]+)", p.stdout).group(1))
+    assert math.isfinite(teacher) and teacher != fid  # another sampler, other samples

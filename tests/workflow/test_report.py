@@ -1,4 +1,4 @@
-"""workflow.aggregate on a real MLflow sqlite store with known numbers: the paper's rows, our means and 95% CIs,
+"""workflow.report on a real MLflow sqlite store with known numbers: the paper's rows, our means and 95% CIs,
 the claim flags, diverged/failed runs, the .md/.tex/.csv files, the figures and the CLI's one-line errors."""
 from __future__ import annotations
 
@@ -18,11 +18,17 @@ pytest.importorskip("mlflow")
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, RunTag  # noqa: E402
 
-from workflow import aggregate as agg  # noqa: E402
+from sim_core.testbeds.spec import Protocol  # noqa: E402
+from workflow.report import figures  # noqa: E402
+from workflow.report.__main__ import main  # noqa: E402
+from workflow.report.stats import better_claim, ratio_claim  # noqa: E402
+from workflow.report.tables import display, table_spec, write_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = (0, 100, 200, 300, 400)
-PROTOCOL = "FID in digits-CNN features, 1000 samples vs 100% of train digits, EMA & last eval"
+PROTOCOL = dict(features="FID in digits-CNN features", reference="100% of train digits", samples=1000, trials=2,
+                rule="mean", generator="EMA & last eval")
+TEACHER_PROTOCOL = dict(PROTOCOL, trials=1, generator="the teacher's sampler")
 ABLATIONS = [f"{m} / {t} / {w}" for m in ("SIM", "SiD") for t in ("Karr", "lognormal") for w in ("sidwgt", "nowgt")]
 FIG2_LABELS = ["SIM", "SiD", "DI", *ABLATIONS]
 
@@ -60,7 +66,7 @@ class Store:
         rec = dict(name=f"{experiment}-{label}-{seed}-{extra.get('lr')}", experiment=experiment, label=label,
                    method=method, alpha=extra.pop("alpha", None), time_dist=None, weighting=None, lr=None, seed=seed,
                    testbed="digits", nfe=1, run_id=run_id, scale="toy", dataset="sklearn_digits 8x8 (uncond)",
-                   protocol=PROTOCOL)
+                   protocol=TEACHER_PROTOCOL if method == "teacher" else PROTOCOL)
         rec.update(extra)
         self.records.append(rec)
 
@@ -79,7 +85,7 @@ def _tables(store: Store) -> dict:
     for nfe, fid in ((35, 1.5), (15, 4.0)):
         store.record("table1", f"Teacher (Heun, NFE {nfe})", "teacher", store.run(fid, teacher=True, isc=9.0), 0,
                      nfe=nfe)
-    cond = dict(testbed="digits_cond", dataset="sklearn_digits 8x8 (class-cond)")
+    cond = dict(testbed="digits", conditional=True, dataset="sklearn_digits 8x8 (class-cond)")
     for seed, (sim, sid) in enumerate(zip((2.0, 2.5, 3.0), (2.4, 2.6, 2.8))):
         store.record("table2", "SIM", "sim", store.run(sim), seed, **cond)
         store.record("table2", "SiD (alpha=1.0)", "sid", store.run(sid), seed, alpha=1.0, **cond)
@@ -127,10 +133,10 @@ def out(store, tmp_path_factory):
     """All five targets written once."""
     out = tmp_path_factory.mktemp("out")
     for which in ("table1", "table2"):
-        agg.tables(which, store.records, store.uri, out)
-    agg.figure2(store.records, store.uri, out)
-    agg.fid_convergence(store.records, store.uri, out)
-    agg.lr_sweep_figure(store.records, store.uri, out)
+        write_table(which, store.records, store.uri, out)
+    figures.figure2(store.records, store.uri, out)
+    figures.fid_convergence(store.records, store.uri, out)
+    figures.lr_sweep_figure(store.records, store.uri, out)
     return out
 
 
@@ -150,7 +156,7 @@ def _half(values) -> float:
 
 @pytest.mark.parametrize("which", ["table1", "table2"])
 def test_every_paper_row_is_listed_with_its_value(out, which):
-    paper = pd.read_csv(ROOT / "workflow" / "paper" / agg.PAPER_CSV[which], comment="#")
+    paper = pd.read_csv(ROOT / "workflow" / "paper" / table_spec(which).paper_csv, comment="#")
     ours = _table(out, which)
     listed = ours[ours["source"] == "paper"].reset_index(drop=True)
     assert list(listed["method"]) == list(paper["method"])
@@ -169,7 +175,8 @@ def test_our_rows_give_mean_and_t_interval_over_seeds(out):
     sim = _row(t1, "SIM")
     assert sim["fid"] == "2.10 ± 0.25" and sim["is_mean"] == pytest.approx(8.2)
     assert sim["is_ci95"] == pytest.approx(_half([8.0, 8.2, 8.4]))
-    assert (sim["scale"], sim["dataset"], sim["protocol"]) == ("toy", "sklearn_digits 8x8 (uncond)", PROTOCOL)
+    assert (sim["scale"], sim["dataset"], sim["protocol"]) == ("toy", "sklearn_digits 8x8 (uncond)",
+                                                               Protocol(**PROTOCOL).text())
 
 
 def test_our_rows_carry_the_corresponding_paper_fid(out):
@@ -209,10 +216,15 @@ def test_diverged_and_failed_runs_are_kept(out):
 def test_markdown_has_caption_and_one_line_per_row(out):
     md = (out / "table1.md").read_text().splitlines()
     assert "NOT comparable" in md[0] and "toy scale" in md[0] and "only orderings" in md[0]
+    assert "sklearn_digits 8x8 (uncond)" in md[0]
+    # the protocol once, in the caption, not repeated per row; the teacher rows' own line after it
+    assert md[1] == f"*Protocol: {Protocol(**PROTOCOL).text()}.*"
+    assert md[2].startswith("*Teacher rows: the teacher's EDM Heun sampler") and "1 noise draw per seed" in md[2]
     rows = [line for line in md if line.startswith("|")]
     assert len(rows) == 2 + len(_table(out, "table1"))
     assert len({line.count("|") for line in rows}) == 1
     assert "2.10 ± 0.25" in "\n".join(md)
+    assert not any("100% of train digits" in line or "toy  " in line for line in rows)
 
 
 def test_latex_is_booktabs_and_escaped(out):
@@ -221,7 +233,9 @@ def test_latex_is_booktabs_and_escaped(out):
     assert r"sklearn\_digits" in tex and r"100\% of train" in tex and r"EMA \& last" in tex
     assert r"2.10 $\pm$ 0.25" in tex and "±" not in tex
     body = [line for line in tex.splitlines() if line.endswith(r"\\")]
-    assert {len(re.split(r"(?<!\\)&", line)) for line in body} == {len(agg.DISPLAY)}
+    spec = table_spec("table1")
+    width = len(display(spec, {m.column: m for m in spec.metrics}))
+    assert {len(re.split(r"(?<!\\)&", line)) for line in body} == {width}
     assert all(not re.search(r"(?<!\\)[_%]", line) for line in body)
 
 
@@ -240,7 +254,7 @@ def test_figures_are_written(out):
 
 
 def test_figure2_has_one_legend_line_per_label(store):
-    fig = agg.build_figure2(store.records, store.uri)
+    fig = figures.build_figure2(store.records, store.uri)
     texts = [t.get_text() for t in fig.legends[0].get_texts()]
     assert len(texts) == len(FIG2_LABELS)
     assert [t.split(" (")[0] for t in texts] == FIG2_LABELS
@@ -252,7 +266,7 @@ def test_figure2_has_one_legend_line_per_label(store):
 
 
 def test_fid_convergence_is_sim_vs_sid_on_log_axes(store):
-    fig = agg.build_fid_convergence(store.records, store.uri)
+    fig = figures.build_fid_convergence(store.records, store.uri)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["SIM", "SiD"]
     assert len(fig.axes) == 2 and all(ax.get_yscale() == "log" for ax in fig.axes)
 
@@ -267,12 +281,12 @@ def test_lr_sweep_lists_diverged_counts(out):
 
 
 def _cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workflow.aggregate", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "workflow.report", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 
 def test_cli_writes_a_table(store, tmp_path, capsys):
-    assert agg.main(["table2", "--manifest", str(store.manifest), "--tracking-uri", store.uri,
+    assert main(["table2", "--manifest", str(store.manifest), "--tracking-uri", store.uri,
                      "--out-dir", str(tmp_path / "t")]) == 0
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["table2.csv", "table2.md", "table2.tex"]
 
@@ -298,7 +312,7 @@ def test_cli_bad_input_exits_2_writing_nothing(store, tmp_path, capsys, case):
     args = ["lr_sweep" if case == "no store" else "table1", "--manifest", tmp_path / "absent.json" if case == "missing manifest" else manifest,
             "--tracking-uri", f"sqlite:///{tmp_path}/none.db" if case == "no store" else store.uri,
             "--out-dir", tmp_path / "o"]
-    code = agg.main([] if case == "no args" else list(map(str, args)))
+    code = main([] if case == "no args" else list(map(str, args)))
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: ")
     assert not (tmp_path / "o").exists() and not (tmp_path / "none.db").exists()
@@ -306,17 +320,35 @@ def test_cli_bad_input_exits_2_writing_nothing(store, tmp_path, capsys, case):
 
 def test_bad_arguments_raise_value_error(store):
     with pytest.raises(ValueError, match="unknown table"):
-        agg.tables("table3", store.records, store.uri, "/nonexistent")
+        write_table("table9", store.records, store.uri, "/nonexistent")
     with pytest.raises(ValueError, match="no runs for experiment"):
-        agg.figure2([r for r in store.records if r["experiment"] == "table1"], store.uri, "/nonexistent")
+        figures.figure2([r for r in store.records if r["experiment"] == "table1"], store.uri, "/nonexistent")
 
 
 def test_claim_flag_says_whether_a_contradiction_is_significant():
-    from workflow.aggregate import claim_flag
     sim = {"n": 3, "mean": 5.0, "half": 2.0}
-    assert claim_flag(sim, {"n": 3, "mean": 4.0, "half": 1.5}, "SiD") == \
+    assert better_claim(sim, {"n": 3, "mean": 4.0, "half": 1.5}, "SIM", "SiD") == \
         "contradicts paper: SIM worse than SiD (95% CIs overlap: not significant)"
-    assert claim_flag(sim, {"n": 3, "mean": 1.0, "half": 0.5}, "SiD") == \
+    assert better_claim(sim, {"n": 3, "mean": 1.0, "half": 0.5}, "SIM", "SiD") == \
         "contradicts paper: SIM worse than SiD, 95% CIs disjoint"
-    assert claim_flag(sim, {"n": 1, "mean": 4.0, "half": float("nan")}, "DI") == \
+    assert better_claim(sim, {"n": 1, "mean": 4.0, "half": float("nan")}, "SIM", "DI") == \
         "contradicts paper: SIM worse than DI (too few seeds for a 95% CI)"
+    # a metric where higher is better (Inception Score): the same means now support the claim
+    assert better_claim(sim, {"n": 3, "mean": 1.0, "half": 0.5}, "SIM", "SiD", lower_is_better=False) == \
+        "agrees with paper: SIM better than SiD, 95% CIs disjoint"
+
+
+@pytest.mark.parametrize("row,ref,verdict", [
+    ((6.42, 0.01), (5.97, 0.01), "agrees with paper"),                     # 107.5%, CIs clear of 99.6%
+    ((5.91, 0.05), (5.93, 0.05), "consistent but not significant"),        # 99.7%, the CIs straddle 99.6%
+    ((5.80, 0.20), (5.93, 0.05), "contradicts paper (not significant)"),   # 97.8%, but the CI reaches 99.6%
+    ((5.50, 0.05), (5.93, 0.05), "contradicts paper"),                     # 92.7%, clearly below
+])
+def test_ratio_claim_checks_the_kept_fraction_against_the_cis(row, ref, verdict):
+    """Table 3's "almost lossless" claim: SIM keeps >= 99.6% of the teacher's aesthetic score."""
+    text = ratio_claim({"n": 3, "mean": row[0], "half": row[1]}, {"n": 3, "mean": ref[0], "half": ref[1]},
+                       "SIM", "Teacher", 0.996, "aesthetic score")
+    assert text.startswith(verdict + ":"), text
+    assert f"SIM keeps {100 * row[0] / ref[0]:.1f}% of Teacher's aesthetic score (paper: >= 99.6%)" in text
+    if verdict == "contradicts paper":
+        assert text.endswith("95% CIs below the threshold")
