@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import weakref
 from contextlib import contextmanager
-
 from typing import Literal
-
-from sim_core.lazy import torch  # imported at first use: validating a config needs no torch
 
 from sim_core.core.losses import GeneratorLoss, NoiseDraw, per_sample_dot
 from sim_core.core.methods import MethodConfig
+from sim_core.lazy import torch  # imported at first use: validating a config needs no torch
 
 _DROPOUT_SETTINGS = weakref.WeakKeyDictionary()  # network -> where it keeps its dropout probabilities (found once)
 

@@ -15,15 +15,15 @@ import time
 
 import torch
 
-from sim_core.train.config import parse_config
 from sim_core.core.edm import EDMPrecond
 from sim_core.core.ema import ema_beta, ema_update
 from sim_core.nets.mlp import ResidualMLP
-from sim_core.train.precision import autocast, to_memory_format
-from sim_core.testbeds.edm_teacher import load_teacher
 from sim_core.testbeds.base import Testbed
 from sim_core.testbeds.digits.testbed import TEACHER_DEFAULTS
+from sim_core.testbeds.edm_teacher import load_teacher
+from sim_core.train.config import parse_config
 from sim_core.train.loop import Distiller
+from sim_core.train.precision import autocast, to_memory_format
 
 
 def no_sync() -> None:

@@ -32,9 +32,10 @@ TINY = dict(img_resolution=8, in_channels=3, out_channels=3, augment_dim=9, mode
 
 def stand_in_assets(d: Path, label_dim: int, tiny: bool = False) -> str:
     """The three files, in their real formats; returns the Inception file's SHA-256 (not the published one)."""
-    import nvidia_format as nv
     from sim_core.core.edm import EDMPrecond
     from sim_core.nets.songunet import SongUNet, cifar10_ddpmpp_kwargs
+
+    import nvidia_format as nv
     torch.manual_seed(0)
     kwargs = dict(TINY, label_dim=label_dim) if tiny else cifar10_ddpmpp_kwargs(label_dim)
     return nv.write_stand_in_paper_assets(d, EDMPrecond(SongUNet(**kwargs), label_dim=label_dim).eval(), rank=256)
@@ -58,9 +59,9 @@ def main():
     if a.tiny:
         a.device, a.iterations, a.batch, a.grad_accum = "cpu", 2, 4, 2
         a.eval_samples, a.teacher_nfe, a.teacher_samples = 4, 3, 4
+    from sim_core.testbeds import load_testbed
     from sim_core.train.config import parse_config
     from sim_core.train.evaluate import evaluate_snapshot, latest_snapshot
-    from sim_core.testbeds import load_testbed
     from sim_core.train.loop import distill
     from sim_core.train.run_dir import read_metrics
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,8 +28,8 @@
 # cluster would never do this. The memory is split evenly over the advertised CPUs (DefMemPerCPU), so
 # SIM_SLURM_CPUS jobs with the default memory fit at once. SIM_SLURM_CPUS=0 (or empty) means: the real CPUs.
 #
-# Facts this relies on are measured on Debian 12 with its slurm 22.05.8 (shared/ENVIRONMENT.md, "SLURM on one
-# machine"); the comments below say which setting comes from which fact.
+# Facts this relies on are measured on Debian 12 with its slurm 22.05.8 (docs/environment.md#slurm); the comments
+# below say which setting comes from which fact.
 #
 # Environment knobs: SIM_SLURM_DIR (state dir), SIM_SLURM_DB_PORT (MariaDB, default 3307, loopback only),
 # SIM_SLURM_PORT (slurmctld port, default 6817; slurmd uses +1, slurmdbd +2), SIM_SLURM_CPUS (CPUs the node
@@ -236,7 +236,7 @@ make_dirs() {
 write_configs() {
     local hw cpus sockets cores threads mem defmem dbpass overrides=
     # The node must declare what slurmd detects, else slurmd registers with different hardware and the node turns
-    # INVAL (ENVIRONMENT.md: "node named localhost with the CPUs/memory that slurmd -C reports") -- unless
+    # INVAL (docs/environment.md#slurm: "node named localhost with the CPUs/memory that slurmd -C reports") -- unless
     # slurmd is told to report the configured hardware instead (config_overrides, below).
     hw=$(slurmd -C 2>/dev/null | head -n 1) || die "slurmd -C failed"
     cpus=$(sed -n 's/.* CPUs=\([0-9]*\).*/\1/p' <<<"$hw")
@@ -256,12 +256,12 @@ write_configs() {
         overrides=config_overrides
     fi
     # Without DefMemPerCPU a job that names no --mem is given the whole node's memory and jobs run one at a time
-    # (ENVIRONMENT.md). Split the memory evenly over the (advertised) CPUs, so that as many default-memory jobs
+    # (docs/environment.md#slurm). Split the memory evenly over the (advertised) CPUs, so that as many default-memory jobs
     # as there are CPUs fit at once (32 CPUs on 24 GB: ~750 MB each). Memory is not enforced (no cgroups).
     defmem=$((mem / cpus))
 
     # Fake GPUs: gres File= must name device-like files; symlinks to /dev/null work, a regular file or a bare
-    # Count= leaves the node INVAL (ENVIRONMENT.md).
+    # Count= leaves the node INVAL (docs/environment.md#slurm).
     ln -sfn /dev/null "$STATE/fakegpu0"
     ln -sfn /dev/null "$STATE/fakegpu1"
 
@@ -275,7 +275,7 @@ SlurmdPort=$SLURMD_PORT
 SlurmUser=root
 SlurmdUser=root
 # Our own munged, on its own socket. cred_expire=10: a requeued job may restart only after the job credential
-# expires; the default (120 s) made a requeue wait 121 s (ENVIRONMENT.md).
+# expires; the default (120 s) made a requeue wait 121 s (docs/environment.md#slurm).
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$MUNGE_SOCKET,cred_expire=10
@@ -287,7 +287,7 @@ SlurmctldLogFile=$LOG/slurmctld.log
 SlurmdLogFile=$LOG/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
-# No cgroups here (no systemd, container): track processes through /proc and bind nothing (ENVIRONMENT.md).
+# No cgroups here (no systemd, container): track processes through /proc and bind nothing (docs/environment.md#slurm).
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -317,7 +317,7 @@ ReturnToService=2
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=1,bf_interval=1
 # Accounting through slurmdbd is required: without it sacct fails and submitit never sees a cancelled or killed
-# job as finished (ENVIRONMENT.md). Associations are enforced like on a real cluster, so a wrong --account fails
+# job as finished (docs/environment.md#slurm). Associations are enforced like on a real cluster, so a wrong --account fails
 # at submission instead of passing silently. gres/gpu is tracked so sacct shows GPU allocations.
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost

@@ -150,17 +150,24 @@ def _user_sha256(sha256: Optional[Mapping[str, str]], entries) -> dict[str, str]
 # Hashes and the SHA256SUMS record
 
 
-def file_digests(path, md5: bool = False) -> tuple[str, Optional[str], int]:
-    """(SHA-256, MD5 or None, size) of a file in one streaming pass. (checkpoint.sha256_file hashes SHA-256
-    only; the CIFAR-10 archive also needs its MD5, and reading 170 MB twice is avoidable.)"""
+def _digest_stream(read: Callable[[int], bytes], md5: bool, write=None) -> tuple[str, Optional[str], int]:
+    """(SHA-256, MD5 or None, size) of what ``read`` yields in 1 MiB chunks, each also handed to ``write``."""
     h, m, size = hashlib.sha256(), hashlib.md5() if md5 else None, 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-            if m is not None:
-                m.update(chunk)
-            size += len(chunk)
+    for chunk in iter(lambda: read(1 << 20), b""):
+        if write is not None:
+            write(chunk)
+        h.update(chunk)
+        if m is not None:
+            m.update(chunk)
+        size += len(chunk)
     return h.hexdigest(), (m.hexdigest() if m is not None else None), size
+
+
+def file_digests(path, md5: bool = False) -> tuple[str, Optional[str], int]:
+    """(SHA-256, MD5 or None, size) of a file in one streaming pass. (files.sha256_file hashes SHA-256
+    only; the CIFAR-10 archive also needs its MD5, and reading 170 MB twice is avoidable.)"""
+    with open(path, "rb") as f:
+        return _digest_stream(f.read, md5)
 
 
 def read_sha256sums(asset_dir) -> dict[str, str]:
@@ -328,21 +335,15 @@ def _pin(asset_dir: Path, a: Asset, sha: str, source: str) -> str:
 
 def _fetch(url: str, tmp_fd: int, timeout: float, md5: bool) -> tuple[str, Optional[str], int]:
     """Stream ``url`` into the open temp file, hashing while writing; (sha256, md5, size)."""
-    h, m, size = hashlib.sha256(), hashlib.md5() if md5 else None, 0
     req = urllib.request.Request(url, headers={"User-Agent": "sim-harness"})
     with urllib.request.urlopen(req, timeout=timeout) as resp, os.fdopen(tmp_fd, "wb", closefd=False) as f:
         announced = resp.headers.get("Content-Length")
-        for chunk in iter(lambda: resp.read(1 << 20), b""):
-            f.write(chunk)
-            h.update(chunk)
-            if m is not None:
-                m.update(chunk)
-            size += len(chunk)
+        sha, md5_hex, size = _digest_stream(resp.read, md5, f.write)
         f.flush()
         os.fsync(f.fileno())
     if announced is not None and announced.isdigit() and int(announced) != size:
         raise OSError(f"truncated: received {size} of {announced} bytes")
-    return h.hexdigest(), (m.hexdigest() if m is not None else None), size
+    return sha, md5_hex, size
 
 
 def download_asset(name: str, dest, url: Optional[str] = None, timeout: float = 60.0, asset_dir=None,

@@ -42,6 +42,7 @@ def _cmd_distill(a):
 
 def _cmd_sample_teacher(a):
     import torch
+
     from sim_core.core.sampler import heun_sampler, nfe
     from sim_core.testbeds.base import uniform_labels
     from sim_core.testbeds.edm_teacher import load_teacher
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     import torch
-    torch.set_num_threads(args.threads)  # 1 thread is fastest for small networks on 2 cores (ENVIRONMENT.md)
+    torch.set_num_threads(args.threads)  # 1 thread is fastest for small networks on 2 cores (docs/environment.md#threads-on-small-cpus)
     warnings.simplefilter("default", RuntimeWarning)
     from sim_core.errors import CheckpointError, ConfigError, RunDirError
     from sim_core.registry import UnknownNameError

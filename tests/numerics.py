@@ -44,3 +44,22 @@ def assert_same_training(got: dict, expected: dict, lr: float, steps: int, beta2
 def flat_state(state: dict, nets=("G", "G_ema", "D_psi")) -> dict:
     """The named networks' tensors of a checkpoint as one dict (net.key -> tensor)."""
     return {f"{net}.{k}": v for net in nets for k, v in state[net].items() if torch.is_tensor(v)}
+
+
+def steps(d, n: int) -> list[tuple[float, float]]:
+    """n iterations of a Distiller (psi-step, then theta-step), their losses."""
+    return [(d.psi_step().item(), d.theta_step().item()) for _ in range(n)]
+
+
+def parameters(d) -> dict:
+    """A copy of the trained networks' parameters (net.name -> tensor)."""
+    return {f"{net}.{k}": p.detach().clone() for net in ("G", "D_psi") for k, p in getattr(d, net).named_parameters()}
+
+
+def assert_same_weights(run_a, run_b) -> None:
+    """The final checkpoints of two run directories hold bitwise the same networks."""
+    a = torch.load(run_a / "checkpoint.pt", weights_only=True)
+    b = torch.load(run_b / "checkpoint.pt", weights_only=True)
+    for net in ("G", "G_ema", "D_psi"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), (net, k)

@@ -1,7 +1,7 @@
 """Test-only: write pickles in the format of NVIDIA's EDM code, from the project's networks, without NVIDIA's code.
 
 The byte stream has what NVlabs/edm ``training/training_loop.py`` + ``torch_utils/persistence.py`` produce
-(REFERENCE-CODE.md §6.2):
+(docs/reference-code.md#nvidias-edm-checkpoints):
 
 * top level ``dict(ema=<EDMPrecond>, loss_fn=<EDMLoss>, augment_pipe=<AugmentPipe>, dataset_kwargs=<EasyDict>)``
   (EDM) or ``dict(ema=<EDMPrecond>)`` (SiD snapshots);

@@ -10,6 +10,7 @@ from pathlib import Path
 def machine_key() -> dict:
     """What decides whether two runs of the same code are bitwise equal (docs/reproducibility.md)."""
     import torch
+
     from sim_core.train.provenance import machine
     m = machine()
     return {"cpu": m["cpu"], "cpu_capability": m["cpu_capability"], "blas": m["blas"], "torch": torch.__version__}

@@ -8,9 +8,8 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 
-from sim_core.files import atomic_write_json
 from sim_core.errors import ConfigError
-
+from sim_core.files import atomic_write_json
 from workflow.schema import ScaleConfig, load_scale
 from workflow.sweep import Sweep, expand_cached
 
@@ -32,6 +31,7 @@ def load(config: dict) -> tuple[ScaleConfig, Sweep, str]:
     over = {k: config[k] for k in OVERRIDABLE if k in config}
     if over:
         from pydantic import ValidationError
+
         from sim_core.schema import format_error
         base = S.model_dump(exclude_unset=True)  # only what the file says: merged resources stay sparse
         for key in ("resources", "default_resources"):  # per kind of job, key by key on top of the file's

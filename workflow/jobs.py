@@ -54,7 +54,7 @@ def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int],
     MLflow holds everything of it; the job waits for all of them before it returns.
 
     In a job with several tasks every task runs this: all of them train each run as one data-parallel group
-    (sim_core/distributed.py); rank 0 alone evaluates, tracks and writes done.json."""
+    (sim_core/train/distributed.py); rank 0 alone evaluates, tracks and writes done.json."""
     from sim_core.tracking.worker import BackgroundTracker, TrackerProcess
     worker = TrackerProcess() if _is_main_task() else None  # starts importing MLflow while torch loads here
     import torch
@@ -177,6 +177,7 @@ def aggregate(target: str, manifest: str, tracking_uri: str, out_dir: str) -> li
     thread-safe, and Snakemake runs `run:` rules as threads."""
     import contextlib
     import io
+
     from workflow.report.__main__ import main
     err, out = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
@@ -195,6 +196,7 @@ def teacher_rows(records: list[dict], tracking_uri: str, eval_cfg: dict, out: st
         torch.set_num_threads(threads)
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
+
     from sim_core.testbeds import TESTBEDS, load_testbed
     from sim_core.tracking.client import ensure_experiment
     from sim_core.train.config import EvalConfig

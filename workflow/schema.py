@@ -113,7 +113,7 @@ class ScaleConfig(Strict):
     runs_per_job: int = Field(1, ge=1)      # sweep points run one after another in one submitit job
     final_eval_seeds: list[int] = Field(default_factory=lambda: [1000])
     final_eval_protocol: Optional[Literal["edm", "sid"]] = None  # CIFAR-10: FID reporting protocol of the final
-    #   evaluation (sim_core/image_metrics.py): EDM's min of 3 seed ranges or SiD's mean ± std of 10 trials
+    #   evaluation (sim_core/testbeds/cifar10/image_metrics.py): EDM's min of 3 seed ranges or SiD's mean ± std of 10 trials
     assets: dict[str, AssetSpec] = Field(default_factory=dict)   # built by the DAG (toy teachers, classifier)
     asset_files: Optional[AssetFiles] = None                     # downloaded (paper scale)
     base: dict = Field(default_factory=dict)  # merged into every run's config

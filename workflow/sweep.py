@@ -19,7 +19,6 @@ from sim_core.errors import ConfigError
 from sim_core.files import atomic_write_json
 from sim_core.testbeds import TESTBEDS
 from sim_core.train.config import parse_config
-
 from workflow.schema import EXPERIMENTS, ScaleConfig
 
 VERIFIED = "assets/verified.json"  # under results_dir: written once the downloaded files passed their checks

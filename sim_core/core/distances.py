@@ -17,7 +17,6 @@ from __future__ import annotations
 import warnings
 
 from sim_core.lazy import torch  # imported at first use: validating a config needs no torch
-
 from sim_core.registry import Registry
 
 DISTANCES = Registry("distance")

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sim_core.lazy import edm, torch  # imported at first use: validating a config needs no torch
-
 from sim_core.core.time_dists import TimeDistribution
 from sim_core.core.weightings import get_weighting
+from sim_core.lazy import edm, torch  # imported at first use: validating a config needs no torch
 
 
 @dataclass

@@ -18,7 +18,27 @@ METHODS.register("sid", "baselines.sid:SiDConfig")
 METHODS.register("di", "baselines.diff_instruct:DIConfig")
 
 
-class MethodConfig(Strict):
+class StepParts(Strict):
+    """A step's config names its time distribution and weighting (fields ``time_dist``, ``time_dist_params``,
+    ``weighting``): unknown names fail with the list of valid ones."""
+
+    @field_validator("time_dist", check_fields=False)
+    @classmethod
+    def _time_dist(cls, v):
+        TIME_DISTRIBUTIONS.get(v)
+        return v
+
+    @field_validator("weighting", check_fields=False)
+    @classmethod
+    def _weighting(cls, v):
+        WEIGHTINGS.get(v)
+        return v
+
+    def time_distribution(self):
+        return build_time_distribution(self.time_dist, **self.time_dist_params)
+
+
+class MethodConfig(StepParts):
     """What every method's config has: the theta-step's time distribution and weighting (each method's defaults
     come from its own reference code), and ``build()``."""
     name: str
@@ -26,25 +46,10 @@ class MethodConfig(Strict):
     time_dist_params: dict = Field(default_factory=dict)
     weighting: str
 
-    @field_validator("time_dist")
-    @classmethod
-    def _time_dist(cls, v):
-        TIME_DISTRIBUTIONS.get(v)  # an unknown name lists the valid ones
-        return v
-
-    @field_validator("weighting")
-    @classmethod
-    def _weighting(cls, v):
-        WEIGHTINGS.get(v)
-        return v
-
     @model_validator(mode="after")
     def _builds(self):
         self.build(warn=False)  # bad parameters of a named part fail here, in one line, before any work
         return self
-
-    def time_distribution(self):
-        return build_time_distribution(self.time_dist, **self.time_dist_params)
 
     def build(self, warn: bool = True):
         """The method's generator loss (``warn``: say when a choice breaks Theorem 3.1's conditions)."""

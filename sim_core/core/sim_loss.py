@@ -16,12 +16,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from sim_core.lazy import edm, torch  # imported at first use: validating a config needs no torch
-
 from sim_core.core.distances import Distance, build_distance
 from sim_core.core.losses import GeneratorLoss, NoiseDraw, per_sample_dot
 from sim_core.core.methods import MethodConfig
 from sim_core.core.time_dists import TimeDistribution
+from sim_core.lazy import edm, torch  # imported at first use: validating a config needs no torch
 
 SPACES = ("denoiser", "score")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 from sim_core.lazy import torch  # imported at first use: validating a config needs no torch
-
 from sim_core.registry import Registry
 
 TIME_DISTRIBUTIONS = Registry("time distribution")
@@ -31,7 +30,9 @@ class LogNormal(TimeDistribution):
     """t = exp(s), s ~ N(p_mean, p_std^2), optionally truncated to [t_min, t_max] by inverse-CDF sampling."""
     name = "lognormal"
 
-    def __init__(self, p_mean: float, p_std: float, t_min: float | None = None, t_max: float | None = None):
+    def __init__(self, p_mean: float, p_std: float, t_min: float | None = None, t_max: float | None = None,
+                 name: str = "lognormal"):
+        self.name = name
         _finite(self.name, p_mean=p_mean, p_std=p_std)
         if not p_std > 0:
             raise ValueError(f"time distribution {self.name}: p_std must be > 0, got {p_std}")
@@ -63,26 +64,20 @@ class LogNormal(TimeDistribution):
 @TIME_DISTRIBUTIONS.register("p_edm")
 def p_edm() -> LogNormal:
     """p_EDM: s ~ N(-1.2, 1.2^2) (eq. B.5-B.6; EDM's P_mean, P_std). The online network's distribution."""
-    d = LogNormal(-1.2, 1.2)
-    d.name = "p_edm"
-    return d
+    return LogNormal(-1.2, 1.2, name="p_edm")
 
 
 @TIME_DISTRIBUTIONS.register("p_sim")
 def p_sim() -> LogNormal:
     """p_SIM: s ~ N(-3.5, 2.5^2) (eq. B.9-B.10). SIM's generator step on CIFAR-10; 'lognormal' in Figure 2."""
-    d = LogNormal(-3.5, 2.5)
-    d.name = "p_sim"
-    return d
+    return LogNormal(-3.5, 2.5, name="p_sim")
 
 
 @TIME_DISTRIBUTIONS.register("t2i")
 def t2i() -> LogNormal:
     """Text-to-image: s ~ N(-2, 2^2) truncated to t in [0.01, 156.6155] (Appendix B.3; the range comes from
     PixArt-alpha's DDPM schedule, beta 1e-4..0.02 over 1000 bins)."""
-    d = LogNormal(-2.0, 2.0, t_min=0.01, t_max=156.6155)
-    d.name = "t2i"
-    return d
+    return LogNormal(-2.0, 2.0, t_min=0.01, t_max=156.6155, name="t2i")
 
 
 class _Karras(TimeDistribution):

@@ -1,9 +1,8 @@
 """Weightings w(t) by name, in EDM denoiser space (paper Appendix B.2). Each returns shape (B,)."""
 from __future__ import annotations
 
-from sim_core.lazy import torch  # imported at first use: validating a config needs no torch
-
 from sim_core.core import SIGMA_DATA
+from sim_core.lazy import torch  # imported at first use: validating a config needs no torch
 from sim_core.registry import Registry
 
 WEIGHTINGS = Registry("weighting")

@@ -1,6 +1,6 @@
 """NVIDIA EDM's DDPM++ network (``SongUNet``), written for this project.
 
-Behaviour follows NVlabs/edm ``training/networks.py`` (commit 008a4e5; REFERENCE-CODE.md §6.3) for the variant the
+Behaviour follows NVlabs/edm ``training/networks.py`` (commit 008a4e5; docs/reference-code.md#nvidias-edm-checkpoints) for the variant the
 CIFAR-10 "vp" checkpoints use: positional noise embedding, standard encoder and decoder. The layer classes carry
 NVIDIA's class names and attribute names (``in_channels``, ``num_groups``, ``skip_scale``, ...) and the network has
 NVIDIA's parameter/buffer names, so that a checkpoint written by NVIDIA's code maps onto it tensor by tensor
@@ -393,7 +393,7 @@ def cifar10_ddpmpp_kwargs(label_dim: int) -> dict:
 
     EDM train.py, ``--arch=ddpmpp``: model_channels 128, channel_mult [2,2,2], augment_dim 9, positional
     embedding, standard encoder/decoder, [1,1] filter; ``--dropout=0.13`` for CIFAR-10 (EDM README); num_blocks 4,
-    attn_resolutions [16], channel_mult_emb 4 are SongUNet defaults (REFERENCE-CODE.md §6.3).
+    attn_resolutions [16], channel_mult_emb 4 are SongUNet defaults (docs/reference-code.md#nvidias-edm-checkpoints).
     """
     if label_dim not in (0, 10):
         raise ConfigError(f"CIFAR-10 networks have label_dim 0 (unconditional) or 10, not {label_dim}")

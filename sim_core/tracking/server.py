@@ -12,7 +12,7 @@ started) written atomically. ``start`` prints the URI (and only that, on stdout)
 healthy is reused. The server runs in its own session, detached from the caller; ``stop`` ends exactly its
 process group (SIGTERM, then SIGKILL) and removes server.json.
 
-Measured on the 2-core machine (../shared/ENVIRONMENT.md): ``--workers 1`` and
+Measured on the 2-core machine (docs/environment.md#mlflow): ``--workers 1`` and
 ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`` (no job-runner processes) start in ~8-12 s; more workers only
 make each request slower there. To serve cluster nodes, bind ``--host 0.0.0.0``: the URI then names this
 machine by its host name, which is added to the server's allowed Host headers.

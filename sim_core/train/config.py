@@ -17,9 +17,7 @@ import yaml
 from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 from pydantic_core import to_jsonable_python
 
-from sim_core.core.methods import METHODS, MethodConfig
-from sim_core.core.time_dists import TIME_DISTRIBUTIONS, build_time_distribution
-from sim_core.core.weightings import WEIGHTINGS
+from sim_core.core.methods import METHODS, MethodConfig, StepParts
 from sim_core.errors import ConfigError
 from sim_core.registry import UnknownNameError
 from sim_core.schema import Strict, format_error, read_yaml, set_path
@@ -33,7 +31,7 @@ NOT_HASHED = {"hash": "never"}
 HASHED_UNLESS_DEFAULT = {"hash": "unless_default"}
 
 
-class OnlineConfig(Strict):
+class OnlineConfig(StepParts):
     time_dist: str = "p_edm"             # Table 5: p_EDM for the online network
     time_dist_params: dict = Field(default_factory=dict)
     weighting: str = "lambda_edm"        # Table 5: lambda_EDM
@@ -43,18 +41,6 @@ class OnlineConfig(Strict):
     # loss (docs/reference-code.md). 0: off. Needs image data and a network with EDM's 9 augment labels.
     augment_p: float = Field(0.0, ge=0.0, le=1.0)
 
-    @field_validator("time_dist")
-    @classmethod
-    def _time_dist(cls, v):
-        TIME_DISTRIBUTIONS.get(v)  # an unknown name lists the valid ones
-        return v
-
-    @field_validator("weighting")
-    @classmethod
-    def _weighting(cls, v):
-        WEIGHTINGS.get(v)
-        return v
-
     @model_validator(mode="after")
     def _builds(self):
         self.loss()
@@ -63,7 +49,7 @@ class OnlineConfig(Strict):
     def loss(self):
         """The psi-step loss of this section."""
         from sim_core.core.losses import PsiLoss
-        return PsiLoss(build_time_distribution(self.time_dist, **self.time_dist_params), self.weighting)
+        return PsiLoss(self.time_distribution(), self.weighting)
 
 
 
@@ -153,7 +139,7 @@ class RunConfig(Strict):
     seed: int = 0
     device: str = "cpu"
     dtype: Literal["float32", "float64"] = "float32"  # fp32 as the reference code (SiD --fp16 0)
-    # torch.set_num_threads; 1 is fastest for small nets on 2 cores (docs/environment.md)
+    # torch.set_num_threads; 1 is fastest for small nets on 2 cores (docs/environment.md#threads-on-small-cpus)
     threads: Optional[int] = Field(1, json_schema_extra=NOT_HASHED)
     testbed: SerializeAsAny[TestbedConfig]
     method: SerializeAsAny[MethodConfig] = Field(default_factory=lambda: METHODS.get("sim")())

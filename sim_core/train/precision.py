@@ -2,7 +2,7 @@
 
 - ``configure_backends``: TF32 for fp32 matmuls and cuDNN convolutions, and cudnn.benchmark. The defaults are the
   reference code's: EDM/SiD/DI ``training_loop`` set ``allow_tf32 = False`` on both, forbid reduced-precision fp16
-  reductions, and set ``cudnn.benchmark = True`` (REFERENCE-CODE.md §2.1).
+  reductions, and set ``cudnn.benchmark = True`` (docs/reference-code.md#sids-loop).
 - ``autocast``: bfloat16 autocast around the network passes. Autocast lowers only matmul/convolution-class ops;
   the elementwise EDM preconditioning (c_skip x + c_out F, with F in bf16 promoted back) and the losses take fp32
   inputs and so stay fp32. Backward runs outside the context, as torch.amp prescribes. bf16 needs no loss scaling

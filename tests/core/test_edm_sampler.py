@@ -6,13 +6,13 @@ import math
 import torch
 
 from sim_core.core.edm import EDMPrecond, add_noise, karras_sigmas, precond_coefficients, score_from_denoiser
-from sim_core.nets.mlp import ResidualMLP
 from sim_core.core.sampler import heun_sampler, nfe
+from sim_core.nets.mlp import ResidualMLP
 from sim_core.testbeds.gmm.mixture import ring
 
 
 def test_precond_coefficients_at_t_star():
-    # REFERENCE-CODE.md section 1: at sigma = 2.5, c_skip ~ 0.0385, c_out ~ 0.490, c_in ~ 0.392.
+    # docs/reference-code.md#edm-machinery: at sigma = 2.5, c_skip ~ 0.0385, c_out ~ 0.490, c_in ~ 0.392.
     c_skip, c_out, c_in, c_noise = precond_coefficients(torch.tensor(2.5, dtype=torch.float64))
     assert abs(c_skip - 0.25 / 6.5) < 1e-12 and abs(c_skip - 0.0385) < 1e-4
     assert abs(c_out - 2.5 * 0.5 / math.sqrt(6.5)) < 1e-12 and abs(c_out - 0.490) < 1e-3

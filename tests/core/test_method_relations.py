@@ -16,12 +16,11 @@ from baselines.diff_instruct import DILoss
 from baselines.sid import SiDLoss
 from sim_core.core.distances import build_distance
 from sim_core.core.edm import EDMPrecond
-from sim_core.core.losses import per_sample_dot
-from sim_core.core.losses import NoiseDraw, PsiLoss
-from sim_core.nets.mlp import ResidualMLP
+from sim_core.core.losses import NoiseDraw, PsiLoss, per_sample_dot
 from sim_core.core.sim_loss import SIMLoss
 from sim_core.core.time_dists import build_time_distribution
 from sim_core.core.weightings import lambda_edm
+from sim_core.nets.mlp import ResidualMLP
 
 DT = torch.float64
 B = 16
@@ -254,6 +253,7 @@ def test_diff_instruct_denoisers_in_train_mode_share_dropout_masks():
     network identical to its teacher then gives exactly zero loss and gradient, although dropout is active (the
     outputs differ from eval mode, and from calls with independent masks). The modes are restored after."""
     import copy
+
     from sim_core.nets.songunet import SongUNet
     torch.manual_seed(0)
     teacher = EDMPrecond(SongUNet(img_resolution=8, in_channels=3, out_channels=3, model_channels=8,

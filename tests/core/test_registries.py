@@ -9,9 +9,9 @@ import torch
 from sim_core.core.distances import DISTANCES, build_distance
 from sim_core.core.ema import ema_beta
 from sim_core.core.methods import METHODS, method_config
-from sim_core.registry import UnknownNameError
 from sim_core.core.time_dists import TIME_DISTRIBUTIONS, build_time_distribution
 from sim_core.core.weightings import WEIGHTINGS, get_weighting
+from sim_core.registry import UnknownNameError
 
 N = 400_000
 
@@ -59,7 +59,7 @@ def test_karr_paper_is_discrete_on_the_grid():
 
 def test_karr_sid_matches_the_official_code_range():
     t = _draw("karr_sid")
-    # REFERENCE-CODE.md 2.3: sigma in [0.002, 24.41]; median 0.965; P(sigma > 2.5) ~ 0.376
+    # docs/reference-code.md#sids-generator-loss: sigma in [0.002, 24.41]; median 0.965; P(sigma > 2.5) ~ 0.376
     assert t.min() >= 0.002 - 1e-12 and t.max() <= 24.42
     assert abs(t.median() - 0.965) < 0.02
     assert abs((t > 2.5).double().mean() - 0.376) < 0.005
@@ -118,7 +118,7 @@ def test_exp_power_alpha_above_two_warns():
 
 
 def test_ema_beta_matches_reference():
-    # REFERENCE-CODE.md 2.5: half-life reaches 500k images after 10 Mimg; steady beta at batch 256 ~ 0.999645
+    # docs/reference-code.md#ema: half-life reaches 500k images after 10 Mimg; steady beta at batch 256 ~ 0.999645
     assert abs(ema_beta(20_000_000, 256) - 0.5 ** (256 / 500_000)) < 1e-15
     assert abs(ema_beta(20_000_000, 256) - 0.999645) < 1e-6
     assert abs(ema_beta(1_000_000, 256) - 0.5 ** (256 / 50_000)) < 1e-15  # ramp-up: 0.05 * 1M

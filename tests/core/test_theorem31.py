@@ -14,7 +14,7 @@ SIM surrogate: x_t = A z + b + t eps, s_sg = s_p(.; theta detached), y = s_sg(x_
 
 Then the project's SIMLoss is checked against the hand-written surrogate to float precision on the same samples:
 space='score' is the surrogate itself; space='denoiser' is the surrogate of the scaled distance d_t(y) = d(t^2 y)
-(sim_core/sim_loss.py docstring), which is itself checked against its own ground truth at t = 0.5.
+(sim_core/core/sim_loss.py docstring), which is itself checked against its own ground truth at t = 0.5.
 """
 from __future__ import annotations
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nvidia_format import randomize_
-from sim_core.errors import ConfigError
 from sim_core.core.edm import EDMPrecond
+from sim_core.errors import ConfigError
 from sim_core.nets import NETWORKS, build_network
-from sim_core.nets.songunet import (Conv2d, GroupNorm, Linear, SongUNet, UNetBlock, cifar10_ddpmpp_kwargs,
-                               uninitialized)
+from sim_core.nets.songunet import Conv2d, GroupNorm, Linear, SongUNet, UNetBlock, cifar10_ddpmpp_kwargs, uninitialized
+
+from nvidia_format import randomize_
 
 torch.set_num_threads(1)
 
@@ -35,7 +35,7 @@ def inputs(n=3, label_dim=0, seed=1, dtype=torch.float32):
     return x, c_noise, labels
 
 
-# ---------------------------------------------------------------- full-size architecture (REFERENCE-CODE.md §6.3)
+# ---------------------------------------------------------------- full-size architecture (docs/reference-code.md#nvidias-edm-checkpoints)
 
 @pytest.fixture(scope="module")
 def cifar_nets():

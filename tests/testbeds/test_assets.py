@@ -11,12 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from sim_core.assets import (MANIFEST, SHA256SUMS, VALIDATORS, download_asset, download_assets, main,
-                             read_sha256sums, resolve_paths, verify_assets)
-from sim_core.errors import CheckpointError
-from sim_core.testbeds.cifar10.data import BATCH_DIR, cifar10_batch_files, write_cifar10_archive
-from sim_core.errors import ConfigError
+from sim_core.assets import (
+    MANIFEST,
+    SHA256SUMS,
+    VALIDATORS,
+    download_asset,
+    download_assets,
+    main,
+    read_sha256sums,
+    resolve_paths,
+    verify_assets,
+)
+from sim_core.errors import CheckpointError, ConfigError
 from sim_core.registry import UnknownNameError
+from sim_core.testbeds.cifar10.data import BATCH_DIR, cifar10_batch_files, write_cifar10_archive
 
 N_TRAIN, N_TEST = 50, 10
 

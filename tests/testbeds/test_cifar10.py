@@ -15,10 +15,19 @@ import torch
 from scipy.stats import chi2
 
 from sim_core.errors import CheckpointError
-from sim_core.testbeds.cifar10.data import (BATCH_DIR, LABEL_DISTRIBUTIONS, TrainingLabels, UniformLabels, build_label_distribution,
-                              cifar10_batch_files, load_cifar10, load_cifar10_splits, to_model_range,
-                              write_cifar10_archive)
 from sim_core.registry import UnknownNameError
+from sim_core.testbeds.cifar10.data import (
+    BATCH_DIR,
+    LABEL_DISTRIBUTIONS,
+    TrainingLabels,
+    UniformLabels,
+    build_label_distribution,
+    cifar10_batch_files,
+    load_cifar10,
+    load_cifar10_splits,
+    to_model_range,
+    write_cifar10_archive,
+)
 
 N_TRAIN, N_TEST = 100, 20  # 5 training batches of 20 images, one test batch of 20
 MEMBERS = [f"{BATCH_DIR}/{n}" for n in ("batches.meta", "data_batch_1", "data_batch_2", "data_batch_3",

@@ -7,8 +7,13 @@ import time
 import pytest
 import torch
 
-from sim_core.testbeds.digits.classifier import (load_classifier, meta_path, register_extractor, save_classifier,
-                                     train_classifier)
+from sim_core.testbeds.digits.classifier import (
+    load_classifier,
+    meta_path,
+    register_extractor,
+    save_classifier,
+    train_classifier,
+)
 from sim_core.testbeds.digits.data import from_uint8, labels_from_one_hot, load_digits_split, one_hot, to_uint8_rgb
 from sim_core.testbeds.digits.fidelity import digits_fidelity, extract_features, fid_from_features
 
@@ -18,7 +23,7 @@ KID_SUBSETS = 20  # torch-fidelity's KID cost is 3 kernel matrices per subset; 2
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # faster for this small network on this CPU (ENVIRONMENT.md)
+    torch.set_num_threads(1)  # faster for this small network on this CPU (docs/environment.md#threads-on-small-cpus)
     try:
         t0 = time.time()
         model, acc = train_classifier(seed=0)

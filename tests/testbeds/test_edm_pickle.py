@@ -13,12 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import nvidia_format as nv
-from sim_core.errors import CheckpointError
 from sim_core.core.edm import EDMPrecond
-from sim_core.testbeds.cifar10.edm_pickle import inspect_edm_pickle, load_edm_pickle
+from sim_core.errors import CheckpointError
 from sim_core.nets import build_network
 from sim_core.nets.songunet import SongUNet
+from sim_core.testbeds.cifar10.edm_pickle import inspect_edm_pickle, load_edm_pickle
+
+import nvidia_format as nv
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""Paper-scale FID / IS machinery (sim_core/inception.py, sim_core/image_metrics.py), checked without downloads.
+"""Paper-scale FID / IS machinery (sim_core/testbeds/cifar10/inception.py, sim_core/testbeds/cifar10/image_metrics.py), checked without downloads.
 
 The real Inception weights cannot be fetched here, so the extractor is checked with a randomly initialised
 InceptionV3 in torch-fidelity's own structure and file format; the FID / IS formulas are checked against direct
@@ -12,14 +12,23 @@ import re
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from sim_core.errors import CheckpointError
-from sim_core.testbeds.cifar10.image_metrics import (EDM_DDOF, FID_PROTOCOLS, SID_DDOF, FeatureStats, evaluate_fid_protocol,
-                                    fid_from_stats, get_protocol, inception_score, load_reference_stats,
-                                    save_reference_stats)
-from sim_core.testbeds.cifar10.inception import INCEPTION_URL, InceptionFeatures, quantize
 from sim_core.registry import UnknownNameError
+from sim_core.testbeds.cifar10.image_metrics import (
+    EDM_DDOF,
+    FID_PROTOCOLS,
+    SID_DDOF,
+    FeatureStats,
+    evaluate_fid_protocol,
+    fid_from_stats,
+    get_protocol,
+    inception_score,
+    load_reference_stats,
+    save_reference_stats,
+)
+from sim_core.testbeds.cifar10.inception import INCEPTION_URL, InceptionFeatures, quantize
+
 from nvidia_format import random_inception_state_dict
 
 torch.set_num_threads(1)

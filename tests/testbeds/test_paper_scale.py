@@ -14,10 +14,11 @@ import pytest
 import torch
 import yaml
 
-import nvidia_format as nv
-from sim_core.train.config import parse_config
 from sim_core.core.edm import EDMPrecond
 from sim_core.nets.songunet import SongUNet
+from sim_core.train.config import parse_config
+
+import nvidia_format as nv
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = dict(img_resolution=8, in_channels=3, out_channels=3, augment_dim=9, model_channels=16,
@@ -47,8 +48,8 @@ def cifar_config(assets, **train) -> dict:
 def test_cifar10_run_trains_and_evaluates_by_protocol(tmp_path, assets):
     """A distillation run on the CIFAR-10 testbed: in-training FID/IS at steps 0 and 2 (SiD's one-trial metric),
     then the final evaluation by EDM's protocol: three disjoint seed ranges, the minimum reported."""
-    from sim_core.train.evaluate import evaluate_snapshot, latest_snapshot
     from sim_core.testbeds import load_testbed
+    from sim_core.train.evaluate import evaluate_snapshot, latest_snapshot
     from sim_core.train.loop import distill
     from sim_core.train.run_dir import read_metrics
     torch.set_num_threads(1)

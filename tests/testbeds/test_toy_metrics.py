@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from sim_core.testbeds.gmm.mixture import random_mixture, ring
 from sim_core.testbeds.gmm.metrics import frechet_distance, gmm_metrics, mixture_entropy, mode_assignment
+from sim_core.testbeds.gmm.mixture import random_mixture, ring
 
 N = 10_000
 

@@ -18,8 +18,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from sim_core.tracking.client import MLflowTracker, TrackingError, check_tracking, ensure_experiment
 from sim_core.tracking import server as ts
+from sim_core.tracking.client import MLflowTracker, TrackingError, check_tracking, ensure_experiment
 
 from mlflow_load import CHECKPOINTS, KEYS, N_PROCS, N_STEPS, WORKER, expected_value
 

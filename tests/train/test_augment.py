@@ -1,4 +1,4 @@
-"""EDM's AugmentPipe (sim_core/augment.py): exact pixel moves, the geometric resampling against an analytic image and
+"""EDM's AugmentPipe (sim_core/train/augment.py): exact pixel moves, the geometric resampling against an analytic image and
 against an independent dense-matrix reference, colour matrices against closed forms, EDM's label layout, draw
 statistics, determinism, and bad input."""
 from __future__ import annotations
@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from sim_core.train.augment import (AUGMENT_PIPES, SYM6_LOWPASS, AugmentParams, AugmentPipe, cifar10_augment_pipe,
-                              resample)
 from sim_core.registry import UnknownNameError
+from sim_core.train.augment import (
+    AUGMENT_PIPES,
+    SYM6_LOWPASS,
+    AugmentParams,
+    AugmentPipe,
+    cifar10_augment_pipe,
+    resample,
+)
 
 torch.set_num_threads(1)
 
@@ -487,8 +493,9 @@ def test_cuda_images_get_the_cpu_draws():
 # ------------------------------------------------------------------------------------------------ with the network
 
 def test_labels_feed_songunet_map_augment():
-    from nvidia_format import randomize_
     from sim_core.nets.songunet import SongUNet
+
+    from nvidia_format import randomize_
     torch.manual_seed(0)
     net = randomize_(SongUNet(img_resolution=8, in_channels=3, out_channels=3, augment_dim=9, model_channels=16,
                               channel_mult=[1], num_blocks=1, attn_resolutions=[]), 1).eval()

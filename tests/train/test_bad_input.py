@@ -8,13 +8,13 @@ import sys
 import pytest
 import torch
 
-from conftest import gmm_config
-from sim_core.errors import CheckpointError
-from sim_core.train.config import parse_config
-from sim_core.errors import ConfigError
 from sim_core.core.edm import EDMPrecond
+from sim_core.errors import CheckpointError, ConfigError
 from sim_core.nets.mlp import ResidualMLP
 from sim_core.testbeds.edm_teacher import load_teacher, save_teacher
+from sim_core.train.config import parse_config
+
+from conftest import gmm_config
 
 
 def _run_cli(tmp_path, raw: dict, *extra):

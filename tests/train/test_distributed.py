@@ -10,12 +10,13 @@ import json
 import pytest
 import torch
 
-from conftest import gmm_config
-from numerics import assert_same_training, flat_state
 from sim_core.train.config import parse_config
 from sim_core.train.distributed import DistEnv
 from sim_core.train.loop import distill
 from sim_core.train.run_dir import read_metrics
+
+from conftest import gmm_config
+from numerics import assert_same_training, flat_state
 
 LR, STEPS = 1e-3, 8
 
@@ -28,6 +29,7 @@ def _cfg(teacher, method, dtype="float32"):
 
 def _one_and_two_processes(tmp_path, cfg, method):
     import submitit
+
     from workflow.jobs import run_group
     one = tmp_path / "one"
     assert distill(cfg, one)["world_size"] == 1

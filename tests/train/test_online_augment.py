@@ -6,17 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sim_core.train.augment import cifar10_augment_pipe
-from sim_core.train.config import parse_config
-from sim_core.errors import ConfigError
 from sim_core.core.edm import EDMPrecond
-from sim_core.core.losses import edm_denoising_loss
-from sim_core.core.losses import PsiLoss
+from sim_core.core.losses import PsiLoss, edm_denoising_loss
+from sim_core.core.time_dists import build_time_distribution
+from sim_core.errors import ConfigError
 from sim_core.nets.mlp import ResidualMLP
 from sim_core.nets.songunet import SongUNet
 from sim_core.testbeds.base import Testbed as BaseTestbed
-from sim_core.core.time_dists import build_time_distribution
+from sim_core.train.augment import cifar10_augment_pipe
+from sim_core.train.config import parse_config
 from sim_core.train.loop import Distiller
+
+from numerics import parameters, steps
 
 torch.set_num_threads(1)
 
@@ -41,14 +42,6 @@ def _raw(augment_p=1.0, **over) -> dict:
 def _distiller(tmp_path, testbed=None, **raw) -> Distiller:
     return Distiller(parse_config(_raw(**raw)), tmp_path, testbed or _songunet_testbed(),
                      evaluator=lambda G, step: {})
-
-
-def _steps(d: Distiller, n: int) -> list[tuple[float, float]]:
-    return [(d.psi_step().item(), d.theta_step().item()) for _ in range(n)]
-
-
-def _params(d: Distiller) -> dict:
-    return {f"{net}.{k}": p.detach().clone() for net in ("G", "D_psi") for k, p in getattr(d, net).named_parameters()}
 
 
 def test_online_loss_trains_on_augmented_images_with_their_labels():
@@ -82,24 +75,24 @@ def test_augmented_run_is_the_same_under_grad_accum_and_resume(tmp_path):
     runs = {}
     for k in (1, 2, 4):
         d = _distiller(tmp_path / f"k{k}", perf=dict(grad_accum=k))
-        runs[k] = (_steps(d, 4), _params(d))
+        runs[k] = (steps(d, 4), parameters(d))
     for k in (2, 4):
         torch.testing.assert_close(torch.tensor(runs[k][0]), torch.tensor(runs[1][0]), rtol=1e-9, atol=1e-12)
         for name, p in runs[1][1].items():
             torch.testing.assert_close(runs[k][1][name], p, rtol=0, atol=1e-6, msg=name)
 
     first = _distiller(tmp_path / "resumed")
-    losses = _steps(first, 2)
+    losses = steps(first, 2)
     first.save_checkpoint()
     again = _distiller(tmp_path / "resumed")
     assert again.try_resume()
-    losses += _steps(again, 2)
+    losses += steps(again, 2)
     assert losses == runs[1][0]
-    assert all(torch.equal(p, runs[1][1][name]) for name, p in _params(again).items())
+    assert all(torch.equal(p, runs[1][1][name]) for name, p in parameters(again).items())
 
     off = _distiller(tmp_path / "off", augment_p=0.0)
-    _steps(off, 4)
-    assert max((p - runs[1][1][n]).abs().max().item() for n, p in _params(off).items()) > 1e-4
+    steps(off, 4)
+    assert max((p - runs[1][1][n]).abs().max().item() for n, p in parameters(off).items()) > 1e-4
 
 
 def test_augmentation_without_augment_labels_is_refused_in_one_line(tmp_path):

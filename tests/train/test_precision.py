@@ -1,4 +1,4 @@
-"""The perf switches (sim_core/precision.py) and the run-length/cadence options, on CPU with small real networks:
+"""The perf switches (sim_core/train/precision.py) and the run-length/cadence options, on CPU with small real networks:
 gradient accumulation reproduces the one-batch update, bf16 autocast really lowers the network passes, TF32 and
 channels_last are accepted (channels_last really changes the memory format), networks.dropout and SiD's train/eval
 modes, train.kimg, the "sid" evaluation schedule, and config hashes of existing runs unchanged."""
@@ -10,18 +10,20 @@ import pytest
 import torch
 from torch import nn
 
-from sim_core.train.config import PerfConfig, parse_config
-from sim_core.errors import ConfigError
-from sim_core.train.distributed import DistEnv
 from sim_core.core.edm import EDMPrecond
-from sim_core.nets.mlp import ResidualMLP
+from sim_core.errors import ConfigError
 from sim_core.nets.embedding import PositionalEmbedding
-from sim_core.train.precision import autocast, configure_backends, micro_batches, to_memory_format
-from sim_core.testbeds.gmm.testbed import GMMTestbed
+from sim_core.nets.mlp import ResidualMLP
 from sim_core.testbeds.base import Testbed as BaseTestbed
+from sim_core.testbeds.gmm.testbed import GMMTestbed
+from sim_core.train.config import PerfConfig, parse_config
+from sim_core.train.distributed import DistEnv
 from sim_core.train.loop import Distiller, distill
+from sim_core.train.precision import autocast, configure_backends, micro_batches, to_memory_format
 from sim_core.train.run_dir import read_metrics
 from sim_core.train.schedule import sid_eval_due
+
+from numerics import parameters, steps
 
 torch.set_num_threads(1)
 
@@ -78,14 +80,6 @@ def _distiller(tmp_path, testbed, **raw) -> Distiller:
     return Distiller(parse_config(_raw(**raw)), tmp_path, testbed, evaluator=lambda G, step: {})
 
 
-def _steps(d: Distiller, n: int) -> list[tuple[float, float]]:
-    return [(d.psi_step().item(), d.theta_step().item()) for _ in range(n)]
-
-
-def _params(d: Distiller) -> dict:
-    return {f"{net}.{k}": p.detach().clone() for net in ("G", "D_psi") for k, p in getattr(d, net).named_parameters()}
-
-
 def _grads(d: Distiller) -> dict:
     return {f"{net}.{k}": p.grad.clone() for net in ("G", "D_psi") for k, p in getattr(d, net).named_parameters()}
 
@@ -100,7 +94,7 @@ def test_grad_accum_gives_the_one_batch_update(tmp_path, method):
     for k in (1, 2, 4):
         d = _distiller(tmp_path, _mlp_testbed(), method=method, dtype="float64", perf=dict(grad_accum=k))
         assert [s.stop - s.start for s in d.micro] == [16 // k] * k
-        runs[k] = (_steps(d, 3), _params(d), _grads(d))
+        runs[k] = (steps(d, 3), parameters(d), _grads(d))
     losses1, params1, grads1 = runs[1]
     for k in (2, 4):
         losses, params, grads = runs[k]
@@ -111,18 +105,18 @@ def test_grad_accum_gives_the_one_batch_update(tmp_path, method):
             torch.testing.assert_close(grads[name], grads1[name], rtol=1e-9, atol=1e-12, msg=name)
     # The tolerance discriminates: other draws (another seed) move the parameters by far more.
     d = _distiller(tmp_path, _mlp_testbed(), method=method, dtype="float64", seed=1)
-    _steps(d, 3)
-    assert max((p - params1[n]).abs().max().item() for n, p in _params(d).items()) > 1e-4
+    steps(d, 3)
+    assert max((p - params1[n]).abs().max().item() for n, p in parameters(d).items()) > 1e-4
 
 
 def test_grad_accum_skips_the_step_on_a_non_finite_loss(tmp_path):
     d = _distiller(tmp_path, _mlp_testbed(), perf=dict(grad_accum=2))
     with torch.no_grad():
         d.D_psi.model.out.bias[0] = float("nan")
-    before = _params(d)
+    before = parameters(d)
     assert not d.psi_step().isfinite()
     assert d.opt_psi.state == {}  # Adam never stepped
-    for name, p in _params(d).items():
+    for name, p in parameters(d).items():
         if name != "D_psi.model.out.bias":
             assert torch.equal(p, before[name]), name
 
@@ -145,7 +139,7 @@ def test_bf16_autocast_lowers_the_network_passes_only(tmp_path):
     tb = _mlp_testbed()
     fp32 = _distiller(tmp_path, tb, method="sim")
     bf16 = _distiller(tmp_path, _mlp_testbed(), method="sim", perf=dict(bf16=True))
-    a, b = torch.tensor(_steps(fp32, 2)), torch.tensor(_steps(bf16, 2))
+    a, b = torch.tensor(steps(fp32, 2)), torch.tensor(steps(bf16, 2))
     assert torch.isfinite(b).all()
     # online losses (~50) agree to bf16 accuracy, but the switch really changed the arithmetic
     torch.testing.assert_close(b[:, 0], a[:, 0], rtol=2e-3, atol=0)
@@ -183,8 +177,8 @@ def test_tf32_is_accepted_and_sets_the_cuda_flags():
 
 
 def test_tf32_on_cpu_changes_nothing(tmp_path):
-    a = _steps(_distiller(tmp_path, _mlp_testbed()), 2)
-    b = _steps(_distiller(tmp_path, _mlp_testbed(), perf=dict(tf32=True, cudnn_benchmark=False)), 2)
+    a = steps(_distiller(tmp_path, _mlp_testbed()), 2)
+    b = steps(_distiller(tmp_path, _mlp_testbed(), perf=dict(tf32=True, cudnn_benchmark=False)), 2)
     assert a == b
 
 
@@ -206,10 +200,10 @@ def test_channels_last_changes_the_memory_format(tmp_path):
     assert cl._draw()[0].is_contiguous(memory_format=torch.channels_last)
     assert ref.D_psi.model.conv_in.weight.is_contiguous()
     ref._draw()  # keep the two runs' random streams in step
-    a, b = torch.tensor(_steps(ref, 2)), torch.tensor(_steps(cl, 2))
+    a, b = torch.tensor(steps(ref, 2)), torch.tensor(steps(cl, 2))
     torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
-    for name, p in _params(ref).items():
-        torch.testing.assert_close(_params(cl)[name], p, rtol=1e-4, atol=1e-6, msg=name)
+    for name, p in parameters(ref).items():
+        torch.testing.assert_close(parameters(cl)[name], p, rtol=1e-4, atol=1e-6, msg=name)
 
 
 # ---- dropout and train/eval modes ------------------------------------------------------------------------------
@@ -235,7 +229,7 @@ def test_dropout_needs_a_network_with_dropout(tmp_path):
     with pytest.raises(ConfigError, match=r"networks.dropout=0.2: .*ResidualMLP.* has no dropout") as e:
         _distiller(tmp_path, _mlp_testbed(), networks=dict(dropout=0.2))
     assert "\n" not in str(e.value)
-    _steps(_distiller(tmp_path, _mlp_testbed(), networks=dict(dropout=0.0)), 1)  # 0 is what the MLP has
+    steps(_distiller(tmp_path, _mlp_testbed(), networks=dict(dropout=0.0)), 1)  # 0 is what the MLP has
     with pytest.raises(ConfigError, match=r"networks.dropout: must lie in \[0, 1\)"):
         parse_config(_raw(networks=dict(dropout=1.0)))
 
@@ -300,6 +294,7 @@ def test_config_hash_is_pinned_and_only_later_fields_at_default_stay_out():
     sections came (the layered layout) and must not move. Presentation-only fields never count; a field added later
     (marked HASHED_UNLESS_DEFAULT) counts only once set to something other than its default."""
     from pydantic import Field
+
     from sim_core.train.config import HASHED_UNLESS_DEFAULT, RunConfig
     a = dict(name="fixed", testbed=dict(kind="gmm", teacher="teacher_gmm.pt"), train=dict(iterations=100))
     b = dict(name="fixed_full", scale="smoke", seed=3, testbed=dict(kind="digits", teacher="t.pt", conditional=True),

@@ -12,12 +12,13 @@ import time
 import pytest
 import torch
 
-from conftest import gmm_config
-from sim_core.train.config import parse_config
+from sim_core.errors import EXIT_INTERRUPTED
 from sim_core.testbeds import load_testbed
+from sim_core.train.config import parse_config
 from sim_core.train.loop import Distiller, distill
 from sim_core.train.run_dir import prepare_run_dir, read_metrics
-from sim_core.errors import EXIT_INTERRUPTED
+
+from conftest import gmm_config
 
 
 def _final_state(run_dir):
@@ -122,6 +123,7 @@ def test_resumed_run_continues_one_mlflow_history(tmp_path, gmm_teacher, backgro
     the JSONL file (the tracker is synced only up to each checkpoint); also with MLflow on a worker thread and
     in a tracker process (as the DAG's jobs)."""
     from mlflow.tracking import MlflowClient
+
     from sim_core.tracking.client import MLflowTracker
     from sim_core.tracking.worker import BackgroundTracker, TrackerProcess
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -193,6 +195,7 @@ def test_background_tracker_reports_store_errors_at_close(tmp_path, kind):
 def test_failed_sync_keeps_records_pending_until_the_store_answers(tmp_path):
     """A sync that fails (store briefly unavailable) keeps its records; the next sync logs them, once each."""
     from mlflow.tracking import MlflowClient
+
     from sim_core.tracking.client import MLflowTracker
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tr = MLflowTracker(tmp_path / "r", uri, "e", "r", {"a": 1}, {})
@@ -213,6 +216,7 @@ def test_a_sync_cut_short_after_its_metrics_logs_nothing_twice(tmp_path):
     (as `scontrol requeue` can do) must not log those steps again when it resumes; nor may a retry in the
     same process after the tag alone failed."""
     from mlflow.tracking import MlflowClient
+
     from sim_core.tracking.client import MLflowTracker
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     records = [{"step": s, "loss": float(s), "fid": 10.0 - s} for s in range(1, 13)]

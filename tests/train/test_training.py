@@ -5,10 +5,11 @@ import json
 
 import pytest
 
-from conftest import gmm_config
 from sim_core.train.config import parse_config
 from sim_core.train.loop import distill
 from sim_core.train.run_dir import read_metrics
+
+from conftest import gmm_config
 
 
 def _evals(run_dir, key):

@@ -103,6 +103,7 @@ def test_our_rows_are_mlflows_final_numbers_and_the_flags_follow_them(smoke, tab
 
 def test_mlflow_holds_one_run_per_sweep_point(smoke):
     from mlflow.tracking import MlflowClient
+
     from workflow.dag import load
     S, SW, uri = load({"scale": "smoke", "results_dir": str(smoke)})
     client = MlflowClient(uri)
@@ -141,6 +142,7 @@ def test_figures_show_every_row_of_their_experiment(smoke):
     row of the smoke config, each with its curve, and marks the diverged runs."""
     import yaml
     from matplotlib.image import imread
+
     from workflow.report import figures
     for name in ("figure2.png", "figure_b6_fid_convergence.png", "lr_sweep.png"):
         img = imread(smoke / "figures" / name)

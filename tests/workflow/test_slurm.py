@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 from conftest import gmm_config, wait_for
+from numerics import assert_same_weights
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "slurm_cluster.sh"
@@ -101,8 +101,9 @@ def test_smoke_dag_through_the_slurm_profile_gives_the_local_tables(cluster, smo
 def test_scontrol_requeue_resumes_bitwise_with_one_mlflow_history(cluster, tmp_path, gmm_teacher):
     import submitit
     from mlflow.tracking import MlflowClient
-    from sim_core.train.config import parse_config
+
     from sim_core.tracking.client import check_tracking
+    from sim_core.train.config import parse_config
     from sim_core.train.loop import distill
     from sim_core.train.run_dir import read_metrics
     from workflow.jobs import DistillJob
@@ -126,11 +127,7 @@ def test_scontrol_requeue_resumes_bitwise_with_one_mlflow_history(cluster, tmp_p
     wait_for(lambda: _state(job.job_id) == "COMPLETED", 60, "the job to complete", poll=0.2)
     restarts = _sacct("-j", job.job_id, "--duplicates", "--format=JobID,State")
     assert [r[1] for r in restarts] == ["REQUEUED", "COMPLETED"], restarts  # it ran twice
-    a = torch.load(tmp_path / "reference" / "checkpoint.pt", weights_only=True)
-    b = torch.load(run_dir / "checkpoint.pt", weights_only=True)
-    for net in ("G", "G_ema", "D_psi"):
-        for k in a[net]:
-            assert torch.equal(a[net][k], b[net][k]), (net, k)
+    assert_same_weights(tmp_path / "reference", run_dir)
     steps = [r["step"] for r in read_metrics(run_dir) if "loss_gen" in r]
     assert steps == list(range(5, 601, 5))
     client = MlflowClient(uri)
@@ -182,8 +179,10 @@ def test_killed_snakemake_reattaches_to_the_running_job(cluster, tmp_path):
 def test_16_slurm_jobs_log_to_one_server_and_lose_nothing(cluster, tmp_path):
     import submitit
     from mlflow.tracking import MlflowClient
-    from mlflow_load import KEYS, N_PROCS, N_STEPS, WORKER, expected_value
+
     from sim_core.tracking.server import start_server, stop_server
+
+    from mlflow_load import KEYS, N_PROCS, N_STEPS, WORKER, expected_value
     server_dir = tmp_path / "server"
     uri = start_server(server_dir, host="127.0.0.1")
     try:

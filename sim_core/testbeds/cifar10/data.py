@@ -9,7 +9,7 @@ three numpy globals an array needs: a batch that names anything else (``os.syste
 it runs.
 
 Class labels for conditional generators come from a small registry: ``training_images`` (the label of a uniformly
-random training image, as SiD and DI draw them; REFERENCE-CODE.md §8) and ``uniform`` (EDM's generate.py).
+random training image, as SiD and DI draw them; docs/reference-code.md#class-labels) and ``uniform`` (EDM's generate.py).
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from sim_core.files import atomic_write_bytes
 from sim_core.errors import CheckpointError
+from sim_core.files import atomic_write_bytes
 from sim_core.registry import Registry
 
 NUM_CLASSES = 10
@@ -196,7 +196,7 @@ class TrainingLabels:
     """Labels of uniformly random training images, one-hot float32 (n, num_classes).
 
     SiD and DI draw class labels this way for the generator, the online network and their metrics
-    (``dataset.get_label(randint(len(dataset)))``; REFERENCE-CODE.md §8), so the classes follow the training set's
+    (``dataset.get_label(randint(len(dataset)))``; docs/reference-code.md#class-labels), so the classes follow the training set's
     label frequencies (uniform for CIFAR-10).
     """
 

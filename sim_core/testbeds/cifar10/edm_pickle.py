@@ -1,6 +1,6 @@
 """Load NVIDIA's EDM pickles (and SiD / Diff-Instruct generator snapshots) without executing any of their code.
 
-Format (REFERENCE-CODE.md §6.2; NVlabs/edm torch_utils/persistence.py): EDM's training loop writes
+Format (docs/reference-code.md#nvidias-edm-checkpoints; NVlabs/edm torch_utils/persistence.py): EDM's training loop writes
 ``pickle.dump(dict(ema=<EDMPrecond>, loss_fn=<EDMLoss>, augment_pipe=<AugmentPipe>, dataset_kwargs=<EasyDict>))``;
 SiD writes ``dict(ema=G_ema)`` and Diff-Instruct ``dict(ema=G_ema, Sg=...)``. Every network class is a
 ``persistence.persistent_class``: an instance pickles as ``_reconstruct_persistent_obj(meta)`` with ``meta = {type:
@@ -32,10 +32,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from sim_core.files import check_file
-from sim_core.errors import CheckpointError
-from sim_core.errors import ConfigError
 from sim_core.core.edm import EDMPrecond
+from sim_core.errors import CheckpointError, ConfigError
+from sim_core.files import check_file
 from sim_core.nets.songunet import SONGUNET_DEFAULTS, SongUNet, uninitialized
 
 try:  # numpy >= 2 (and the stub in 1.26) / numpy 1.x

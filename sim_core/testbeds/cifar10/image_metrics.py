@@ -2,7 +2,7 @@
 
 FID (Heusel et al. 2017) = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}), computed as EDM fid.py does: feature
 moments accumulated in float64, scipy.linalg.sqrtm, real part. Two details differ between the reference codes
-(REFERENCE-CODE.md §7) and are explicit parameters here:
+(docs/reference-code.md#fid-and-is-protocols) and are explicit parameters here:
 
 * covariance normalisation of the generated features: EDM fid.py divides by N - 1 (``sigma /= N - 1``); SiD and DI
   in-training metrics (metrics/*_metric_utils.py FeatureStats.get_mean_cov, from StyleGAN2-ADA) divide by N. The
@@ -27,12 +27,12 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from sim_core.files import atomic_write_bytes, check_file, sha256_file
 from sim_core.errors import CheckpointError
-from sim_core.testbeds.cifar10.inception import POOL3_DIM, check_images_uint8
+from sim_core.files import atomic_write_bytes, check_file, sha256_file
 from sim_core.registry import Registry
+from sim_core.testbeds.cifar10.inception import POOL3_DIM, check_images_uint8
 
-EDM_REF_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/cifar10-32x32.npz"  # REFERENCE-CODE.md §6.1
+EDM_REF_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/cifar10-32x32.npz"  # docs/reference-code.md#nvidias-edm-checkpoints
 EDM_DDOF = 1   # EDM fid.py: sigma /= len(dataset_obj) - 1 (generated and reference statistics)
 SID_DDOF = 0   # SiD/DI metrics/*_metric_utils.py FeatureStats.get_mean_cov: cov = raw_cov / num_items - mu mu^T
 IS_SPLITS = 10  # is50k: num_splits=10 (SiD/DI metric_main.py; torch-fidelity isc_splits default)
@@ -263,7 +263,7 @@ FID_PROTOCOLS.register("edm", FIDProtocol(
 # SiD (Zhou et al. 2024): sid_metrics.py repeats fid50k_full 10 times, mean and std reported; generated covariance
 # / N (metric_utils FeatureStats). SiD draws each trial's noise from an unseeded RNG; here the trials are disjoint
 # seed ranges, which are equally independent and reproducible. The std's ddof is not in the code ([unverified]);
-# ddof 1 (sample std, as sim_core/evaluate.py) is used.
+# ddof 1 (sample std, as sim_core/train/evaluate.py) is used.
 FID_PROTOCOLS.register("sid", FIDProtocol(
     name="sid", title="SiD protocol", num_trials=10, reduce="mean_std", gen_ddof=SID_DDOF,
     source="SiD sid_metrics.py: 10 independent fid50k_full trials, mean ± std"))

@@ -2,7 +2,7 @@
 
 The reference code (EDM fid.py; SiD/DI metrics/*_metric_utils.py) runs NVIDIA's TorchScript/pickle translation of
 TensorFlow's inception-2015-12-05 graph; torch-fidelity's 'inception-v3-compat' is another translation of that
-same graph (REFERENCE-CODE.md §7). Small numerical differences from NVIDIA's file are expected, so one extractor is
+same graph (docs/reference-code.md#fid-and-is-protocols). Small numerical differences from NVIDIA's file are expected, so one extractor is
 used for every number the harness reports.
 
 Nothing here downloads: the weights file is a local path, its SHA-256 is checked before it is read, and a missing
@@ -15,8 +15,8 @@ from typing import Optional
 
 import torch
 
-from sim_core.files import check_file
 from sim_core.errors import CheckpointError
+from sim_core.files import check_file
 
 # torch-fidelity 0.4.0, feature_extractor_inceptionv3.py: URL_INCEPTION_V3 (the weights its extractor downloads).
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -76,7 +76,7 @@ class InceptionFeatures:
     network's parameter names and shapes.
 
     ``allow_tf32`` (CUDA only): PyTorch runs cuDNN convolutions in TF32 by default on Ampere and later GPUs, and
-    EDM fid.py leaves that default; SiD's training loop turns TF32 off (`allow_tf32=False`, REFERENCE-CODE.md §2.1)
+    EDM fid.py leaves that default; SiD's training loop turns TF32 off (`allow_tf32=False`, docs/reference-code.md#sids-loop)
     and computes its in-training FIDs in that process. The default False computes the features in full fp32, the
     same on every device; the global flags are restored after each call.
     """

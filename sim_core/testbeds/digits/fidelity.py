@@ -12,7 +12,12 @@ import torch
 import torch_fidelity
 from torch.utils.data import Dataset
 
-from sim_core.testbeds.digits.classifier import EXTRACTOR_NAME, DigitsFeatureExtractor, load_classifier, register_extractor
+from sim_core.testbeds.digits.classifier import (
+    EXTRACTOR_NAME,
+    DigitsFeatureExtractor,
+    load_classifier,
+    register_extractor,
+)
 from sim_core.testbeds.digits.data import load_digits_split, to_uint8_rgb
 from sim_core.testbeds.gmm.metrics import frechet_distance
 
