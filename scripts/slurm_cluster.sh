@@ -65,20 +65,17 @@ MARKER=$STATE/.sim-slurm  # says "this dir was made by slurm_cluster.sh" before 
 
 # Daemons in start order; `down` stops them in reverse. name -> pid file.
 DAEMONS=(munged mariadbd slurmdbd slurmctld slurmd)
-declare -A PIDFILE=(
-    [munged]=$MUNGE_DIR/munged.pid
-    [mariadbd]=$DB_DIR/mariadbd.pid
-    [slurmdbd]=$RUN/slurmdbd.pid
-    [slurmctld]=$RUN/slurmctld.pid
-    [slurmd]=$RUN/slurmd.pid
-)
-declare -A LOGFILE=(
-    [munged]=$MUNGE_DIR/munged.log
-    [mariadbd]=$DB_DIR/mariadbd.err
-    [slurmdbd]=$LOG/slurmdbd.log
-    [slurmctld]=$LOG/slurmctld.log
-    [slurmd]=$LOG/slurmd.log
-)
+declare -A PIDFILE LOGFILE
+while IFS='|' read -r name pidfile logfile; do  # name|pid file|log file (paths may hold spaces)
+    PIDFILE[$name]=$pidfile
+    LOGFILE[$name]=$logfile
+done <<EOF_DAEMONS
+munged|$MUNGE_DIR/munged.pid|$MUNGE_DIR/munged.log
+mariadbd|$DB_DIR/mariadbd.pid|$DB_DIR/mariadbd.err
+slurmdbd|$RUN/slurmdbd.pid|$LOG/slurmdbd.log
+slurmctld|$RUN/slurmctld.pid|$LOG/slurmctld.log
+slurmd|$RUN/slurmd.pid|$LOG/slurmd.log
+EOF_DAEMONS
 
 export SLURM_CONF=$CONF
 

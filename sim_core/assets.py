@@ -51,6 +51,7 @@ from typing import Any, Callable, Mapping, Optional
 from sim_core.errors import CheckpointError, ConfigError
 from sim_core.files import atomic_write_text
 from sim_core.registry import Registry, UnknownNameError
+from sim_core.schema import split_pair
 
 SHA256SUMS = "SHA256SUMS"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -426,13 +427,7 @@ def download_assets(names, asset_dir, overrides: Optional[Mapping[str, Any]] = N
 
 
 def _pairs(items, what: str) -> dict[str, str]:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--{what} {item!r}: expected NAME=VALUE")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+    return {k: v.strip() for k, v in (split_pair(item, f"--{what}") for item in items or [])}
 
 
 def main(argv=None) -> int:

@@ -35,6 +35,14 @@ def read_yaml(path: str | Path, what: str = "config") -> dict:
         raise ConfigError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
 
 
+def split_pair(item: str, what: str) -> tuple[str, str]:
+    """'key=value' as (key, value); anything else is one ConfigError line naming ``what``."""
+    if "=" not in item:
+        raise ConfigError(f"{what} {item!r}: expected KEY=VALUE")
+    key, value = item.split("=", 1)
+    return key.strip(), value
+
+
 def set_path(data: dict, dotted: str, value) -> None:
     """Apply an override ``a.b.c=value`` to a nested dict."""
     keys = dotted.split(".")

@@ -40,6 +40,13 @@ def wait_for(predicate, timeout, what, poll=0.05):
         time.sleep(poll)
 
 
+def one_line(excinfo) -> str:
+    """The message of a raised error (pytest.raises' excinfo), which must be one line."""
+    msg = str(excinfo.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
 def _built_once(path, build):
     from filelock import FileLock
     with FileLock(str(path) + ".lock"):

@@ -22,16 +22,10 @@ class StepParts(Strict):
     """A step's config names its time distribution and weighting (fields ``time_dist``, ``time_dist_params``,
     ``weighting``): unknown names fail with the list of valid ones."""
 
-    @field_validator("time_dist", check_fields=False)
+    @field_validator("time_dist", "weighting", check_fields=False)
     @classmethod
-    def _time_dist(cls, v):
-        TIME_DISTRIBUTIONS.get(v)
-        return v
-
-    @field_validator("weighting", check_fields=False)
-    @classmethod
-    def _weighting(cls, v):
-        WEIGHTINGS.get(v)
+    def _known(cls, v, info):
+        {"time_dist": TIME_DISTRIBUTIONS, "weighting": WEIGHTINGS}[info.field_name].get(v)
         return v
 
     def time_distribution(self):
@@ -61,11 +55,3 @@ def finite(name: str, value: float, what: str) -> float:
         raise ValueError(f"method {name}: {what} must be finite, got {value}")
     return value
 
-
-def method_config(data) -> MethodConfig:
-    """The typed config of ``data['name']`` (default sim), validated by that method's model."""
-    if isinstance(data, MethodConfig):
-        return data
-    if not isinstance(data, dict):
-        raise ValueError(f"must be a mapping with a method name, got {type(data).__name__}")
-    return METHODS.get(data.get("name", "sim")).model_validate({"name": "sim", **data})

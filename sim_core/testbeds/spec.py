@@ -63,6 +63,8 @@ class TestbedSpec:
     assets: Mapping[bool, Mapping[str, str]]
     runtime: str
     builders: Mapping[str, str] = field(default_factory=dict)
+    features: str = ""                       # what the metrics are computed in (the evaluation protocol)
+    reference: str = ""                      # what the samples are compared with
     teacher_sampler: str = "EDM Heun sampler (rho = 7)"
 
     def metric(self, key: str) -> Metric:
@@ -92,9 +94,10 @@ class TestbedSpec:
                 section[f"{role}_sha256"] = pins[asset]
         return section
 
-    def protocol(self, eval_cfg, final_eval_seeds, final_eval_protocol) -> Protocol:
-        """How the final numbers of a run with these eval settings (the run config's ``eval``) are measured."""
-        raise NotImplementedError
+    def protocol(self, eval_cfg, final_eval_seeds, final_eval_protocol=None) -> Protocol:
+        """How the final numbers of a run with these eval settings (the run config's ``eval``) are measured: here
+        the mean over one noise draw per final evaluation seed."""
+        return Protocol(self.features, self.reference, eval_cfg.num_samples, len(final_eval_seeds), "mean")
 
     def load(self, cfg):
         """The runtime testbed (teacher, evaluation) for a config section; imports torch."""

@@ -20,7 +20,7 @@ from pydantic_core import to_jsonable_python
 from sim_core.core.methods import METHODS, MethodConfig, StepParts
 from sim_core.errors import ConfigError
 from sim_core.registry import UnknownNameError
-from sim_core.schema import Strict, format_error, read_yaml, set_path
+from sim_core.schema import Strict, format_error, read_yaml, set_path, split_pair
 from sim_core.testbeds import TESTBEDS
 from sim_core.testbeds.spec import TestbedConfig
 
@@ -243,8 +243,6 @@ def parse_config(data: dict) -> RunConfig:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     data = read_yaml(path)
     for ov in overrides or []:
-        if "=" not in ov:
-            raise ConfigError(f"bad override {ov!r}: expected key=value")
-        key, raw = ov.split("=", 1)
+        key, raw = split_pair(ov, "bad override")
         set_path(data, key, yaml.safe_load(raw))
     return parse_config(data)

@@ -31,9 +31,9 @@ def test_the_core_imports_nothing_above_it():
     evaluated on tensors."""
     code = ("import pkgutil, importlib, torch, sim_core.core as core, baselines.sid, baselines.diff_instruct\n"
             "for m in pkgutil.iter_modules(core.__path__): importlib.import_module('sim_core.core.' + m.name)\n"
-            "from sim_core.core.methods import method_config\n"
+            "from sim_core.core.methods import METHODS\n"
             "from sim_core.core.edm import EDMPrecond\n"
-            "loss = method_config({'name': 'sid'}).build()\n"
+            "loss = METHODS.get('sid')(alpha=1.0).build()\n"
             "class Raw(torch.nn.Module):\n"  # a stand-in raw network F(x_in, c_noise, cond) = 0.5 x_in
             "    def forward(self, x, c_noise, cond=None, augment_labels=None): return 0.5 * x\n"
             "D = EDMPrecond(Raw())\n"

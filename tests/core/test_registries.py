@@ -8,7 +8,7 @@ import torch
 
 from sim_core.core.distances import DISTANCES, build_distance
 from sim_core.core.ema import ema_beta
-from sim_core.core.methods import METHODS, method_config
+from sim_core.core.methods import METHODS
 from sim_core.core.time_dists import TIME_DISTRIBUTIONS, build_time_distribution
 from sim_core.core.weightings import WEIGHTINGS, get_weighting
 from sim_core.registry import UnknownNameError
@@ -126,13 +126,14 @@ def test_ema_beta_matches_reference():
 
 
 def test_method_defaults_follow_the_papers():
-    sim = method_config({"name": "sim"}).build()
+    sim = METHODS.get("sim")().build()
     assert sim.describe() == {"time_dist": "p_sim", "weighting": "nowgt", "distance": "pseudo_huber(c=0.001)",
                               "space": "denoiser", "detach_direction": False}
-    assert method_config({"name": "sid"}).build().describe() == {"time_dist": "karr_sid", "weighting": "sidwgt",
-                                                                 "alpha": 1.2}
-    assert method_config({"name": "di"}).build().describe() == {"time_dist": "p_edm", "weighting": "nowgt"}
-    assert method_config({}).name == "sim"  # the paper's method when none is named
+    assert METHODS.get("sid")().build().describe() == {"time_dist": "karr_sid", "weighting": "sidwgt", "alpha": 1.2}
+    assert METHODS.get("di")().build().describe() == {"time_dist": "p_edm", "weighting": "nowgt"}
+    from sim_core.train.config import parse_config
+    cfg = parse_config(dict(name="x", testbed=dict(kind="gmm", teacher="t.pt"), train=dict(iterations=1)))
+    assert cfg.method.name == "sim" and cfg.method.distance == "pseudo_huber"  # the paper's method by default
 
 
 def test_validating_a_sweep_imports_no_torch(tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_line
 from sim_core.assets import (
     MANIFEST,
     SHA256SUMS,
@@ -36,11 +37,6 @@ def sha(path):
 def md5(path):
     return hashlib.md5(path.read_bytes()).hexdigest()
 
-
-def one_line(e) -> str:
-    msg = str(e.value)
-    assert "\n" not in msg, msg
-    return msg
 
 
 def fake_cifar(path, seed=0):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from scipy.stats import chi2
 
+from conftest import one_line
 from sim_core.errors import CheckpointError
 from sim_core.registry import UnknownNameError
 from sim_core.testbeds.cifar10.data import (
@@ -49,11 +50,6 @@ def fake(tmp_path_factory):
         tf.extractall(root / "extracted", filter="data")
     return dict(tar=tar, dir=root / "extracted", train=train, test=test, root=root)
 
-
-def _one_line(e):
-    msg = str(e.value)
-    assert "\n" not in msg
-    return msg
 
 
 def test_written_archive_has_the_real_format(fake):
@@ -104,10 +100,10 @@ def test_tarball_and_directory_read_identically(fake):
 def test_counts_default_to_the_real_dataset(fake):
     with pytest.raises(CheckpointError) as e:
         load_cifar10(fake["tar"], "train")
-    assert "the train split has 100 images, expected 50000" in _one_line(e)
+    assert "the train split has 100 images, expected 50000" in one_line(e)
     with pytest.raises(CheckpointError) as e:
         load_cifar10(fake["dir"], "test")
-    assert "expected 10000" in _one_line(e)
+    assert "expected 10000" in one_line(e)
     with pytest.raises(ValueError, match="unknown CIFAR-10 split 'val'"):
         load_cifar10(fake["tar"], "val")
 
@@ -143,7 +139,7 @@ def test_foreign_global_is_refused_without_running(tmp_path, fn, global_name):
     tar = _archive_with(tmp_path, {"data_batch_3": evil})
     with pytest.raises(CheckpointError) as e:
         load_cifar10(tar, "train", num_images=N_TRAIN)
-    msg = _one_line(e)
+    msg = one_line(e)
     assert f"refused global {global_name}" in msg and "data_batch_3" in msg
     assert not marker.exists()
     # the same file on disk in an extracted folder
@@ -162,7 +158,7 @@ def test_corrupt_and_foreign_archives_fail_in_one_line(tmp_path, fake):
     trunc.write_bytes(good[: len(good) // 2])
     with pytest.raises(CheckpointError) as e:
         load_cifar10(trunc, "test", num_images=N_TEST)
-    assert "corrupt or not a tar archive" in _one_line(e) or "lacks" in _one_line(e)
+    assert "corrupt or not a tar archive" in one_line(e) or "lacks" in one_line(e)
 
     x, y = fake_split(N_TEST, 1)
     y_bad = y.copy()
@@ -170,21 +166,21 @@ def test_corrupt_and_foreign_archives_fail_in_one_line(tmp_path, fake):
     bad_label = cifar10_batch_files(fake_split(N_TRAIN, 0), (x, y_bad))["test_batch"]
     with pytest.raises(CheckpointError) as e:
         load_cifar10(_archive_with(tmp_path, {"test_batch": bad_label}), "test", num_images=N_TEST)
-    assert "labels span [0, 10], expected 0..9" in _one_line(e)
+    assert "labels span [0, 10], expected 0..9" in one_line(e)
 
     short = pickle.dumps({b"data": np.zeros((N_TEST, 3071), np.uint8), b"labels": [0] * N_TEST}, protocol=4)
     with pytest.raises(CheckpointError) as e:
         load_cifar10(_archive_with(tmp_path, {"test_batch": short}), "test", num_images=N_TEST)
-    assert "expected uint8 (N, 3072)" in _one_line(e)
+    assert "expected uint8 (N, 3072)" in one_line(e)
 
     with pytest.raises(CheckpointError) as e:
         load_cifar10(_archive_with(tmp_path, {}, drop=("test_batch",)), "test", num_images=N_TEST)
-    assert f"lacks {BATCH_DIR}/test_batch" in _one_line(e)
+    assert f"lacks {BATCH_DIR}/test_batch" in one_line(e)
 
     cifar100_meta = pickle.dumps({b"label_names": [b"c%d" % i for i in range(100)]}, protocol=4)
     with pytest.raises(CheckpointError) as e:
         load_cifar10(_archive_with(tmp_path, {"batches.meta": cifar100_meta}), "test", num_images=N_TEST)
-    assert "label_names has 100 entries, expected 10" in _one_line(e)
+    assert "label_names has 100 entries, expected 10" in one_line(e)
 
     with pytest.raises(CheckpointError, match="not found"):
         load_cifar10(tmp_path / "nope.tar.gz")

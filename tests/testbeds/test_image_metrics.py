@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_line
 from sim_core.errors import CheckpointError
 from sim_core.registry import UnknownNameError
 from sim_core.testbeds.cifar10.image_metrics import (
@@ -33,11 +34,6 @@ from nvidia_format import random_inception_state_dict
 
 torch.set_num_threads(1)
 
-
-def _one_line(excinfo) -> str:
-    msg = str(excinfo.value)
-    assert "\n" not in msg, msg
-    return msg
 
 
 def _correlated(rng, n, d, shift=0.0, scale=1.0):
@@ -175,7 +171,7 @@ def test_reference_stats_round_trip_and_one_line_errors(tmp_path):
     def err(path, **kw):
         with pytest.raises(CheckpointError) as e:
             load_reference_stats(path, dim=4, **kw)
-        msg = _one_line(e)
+        msg = one_line(e)
         assert str(path) in msg
         return msg
 
@@ -282,19 +278,19 @@ def test_protocol_registry_and_bad_inputs():
     assert get_protocol("edm").seeds(2, 50000)[::49999] == [100000, 149999]  # EDM's third range
     with pytest.raises(UnknownNameError) as e:
         evaluate_fid_protocol("clean-fid", lambda s: None, _toy_features, _toy_reference(), num_samples=12)
-    assert "valid names: edm, sid" in _one_line(e)
+    assert "valid names: edm, sid" in one_line(e)
     ref = _toy_reference()
     with pytest.raises(ValueError) as e:  # float images instead of uint8
         evaluate_fid_protocol("edm", lambda s: torch.zeros(len(s), 3, 4, 4), _toy_features, ref, num_samples=12)
-    assert "uint8" in _one_line(e)
+    assert "uint8" in one_line(e)
     with pytest.raises(ValueError) as e:  # one image short
         evaluate_fid_protocol("edm", lambda s: torch.stack([_toy_sample(x) for x in s[1:]]), _toy_features, ref,
                               num_samples=12)
-    assert "one image per seed" in _one_line(e)
+    assert "one image per seed" in one_line(e)
     with pytest.raises(ValueError) as e:  # reference statistics of another dimension
         evaluate_fid_protocol("edm", _recording_sampler([]), _toy_features, (np.zeros(3), np.eye(3)),
                               num_samples=12)
-    assert "dimension 3" in _one_line(e)
+    assert "dimension 3" in one_line(e)
 
 
 # ---------------------------------------------------------------------------- Inception with random weights
@@ -354,14 +350,14 @@ def test_inception_features_equal_torch_fidelity_extractor(random_inception):
 
     with pytest.raises(ValueError) as e:
         ours.features(images.float())
-    assert "uint8" in _one_line(e)
+    assert "uint8" in one_line(e)
 
 
 def test_inception_weights_errors_are_one_line_and_early(tmp_path, random_inception):
     path, sha, state = random_inception
     with pytest.raises(CheckpointError) as e:
         InceptionFeatures(tmp_path / "weights-inception-2015-12-05-6726825d.pth")
-    msg = _one_line(e)
+    msg = one_line(e)
     assert "not found" in msg and str(tmp_path) in msg and INCEPTION_URL in msg
     # wrong checksum: refused before the file is read (garbage bytes would otherwise fail as 'corrupt')
     garbage = tmp_path / "garbage.pth"
@@ -369,7 +365,7 @@ def test_inception_weights_errors_are_one_line_and_early(tmp_path, random_incept
     for p, expected in ((path, "0" * 64), (garbage, sha)):
         with pytest.raises(CheckpointError) as e:
             InceptionFeatures(p, sha256=expected)
-        msg = _one_line(e)
+        msg = one_line(e)
         assert "SHA-256" in msg and str(p) in msg and INCEPTION_URL in msg
     # default pin is torch-fidelity's published file, which the random weights are not
     with pytest.raises(CheckpointError, match="SHA-256"):
@@ -377,11 +373,11 @@ def test_inception_weights_errors_are_one_line_and_early(tmp_path, random_incept
     # without a pin: corrupt file and a state dict of the wrong network each one line
     with pytest.raises(CheckpointError) as e:
         InceptionFeatures(garbage, sha256=None)
-    assert "corrupt" in _one_line(e)
+    assert "corrupt" in one_line(e)
     broken = dict(state)
     broken.pop("fc.bias")
     broken["fc.weight"] = broken["fc.weight"][:10]
     torch.save(broken, tmp_path / "broken.pth")
     with pytest.raises(CheckpointError) as e:
         InceptionFeatures(tmp_path / "broken.pth", sha256=None)
-    assert "do not fit" in _one_line(e) and "fc." in str(e.value)
+    assert "do not fit" in one_line(e) and "fc." in str(e.value)

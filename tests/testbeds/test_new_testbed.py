@@ -20,22 +20,23 @@ ROOT = Path(__file__).resolve().parents[2]
 SPEC = '''"""A throw-away testbed: the 8-mode ring in 2-D, scored against the true mixture."""
 from typing import Literal
 
-from sim_core.testbeds.gmm import GMMConfig, GMMSpec
-from sim_core.testbeds.spec import Metric
+from sim_core.testbeds.gmm import GMMConfig
+from sim_core.testbeds.spec import Metric, TestbedSpec
 
 
 class Ring2DConfig(GMMConfig):
     kind: Literal["ring2d"] = "ring2d"
 
 
-TESTBED = GMMSpec(
+TESTBED = TestbedSpec(
     name="ring2d", config=Ring2DConfig,
     metrics=(Metric("fd", "FD to the ring", lower_is_better=True, column="fid"),
              Metric("modes_covered", "ring modes covered", lower_is_better=False, column="is")),
     datasets={False: "the 2-D ring of 8 Gaussians"},
     assets={False: {"teacher": "teacher_ring2d"}},
     runtime="sim_core.testbeds.ring2d.testbed:load",
-    builders={"teacher": "sim_core.testbeds.ring2d.testbed:build_teacher"})
+    builders={"teacher": "sim_core.testbeds.ring2d.testbed:build_teacher"},
+    features="the 2-D samples", reference="the true ring")
 '''
 RUNTIME = '''from sim_core.testbeds.edm_teacher import build_mlp_teacher, load_for
 from sim_core.testbeds.gmm.mixture import ring

@@ -149,7 +149,7 @@ def test_overrides_and_bad_overrides(tmp_path, gmm_teacher):
     path.write_text(json.dumps(gmm_config(gmm_teacher)))
     cfg = load_config(path, ["optim.lr_gen=3e-4", "method.distance=huber", "method.distance_params.delta=0.5"])
     assert cfg.optim.lr_gen == 3e-4 and cfg.method.distance == "huber" and cfg.method.distance_params == {"delta": 0.5}
-    with pytest.raises(ConfigError, match="expected key=value"):
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         load_config(path, ["optim.lr_gen"])
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")

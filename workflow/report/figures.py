@@ -135,18 +135,25 @@ def _figure_legend(fig, handles: dict, records, reader: RunReader) -> None:
                title=f"line: mean over seeds\nshaded: {BAND}\nx: diverged run's last finite point")
 
 
+def _curves_figure(records, tracking_uri: str, columns, height: float, title: str, log_y: bool = False):
+    """The testbed's metric of each column (a row of panels each) vs training iterations, one column of panels per
+    lr (higher lr left), one legend for all. ``title`` is formatted with the metric names, scale and dataset."""
+    reader, metrics = RunReader(tracking_uri), column_metrics(records, columns)
+    lrs = {r["lr"] for r in records}
+    fig, axes = _new_figure(len(metrics), len(lrs), (4.6 * len(lrs) + 3.2, height))
+    handles = _curve_panels(records, reader, metrics, axes, line_styles(records), log_y=log_y)
+    _figure_legend(fig, handles, records, reader)
+    fig.suptitle(title.format(*(m.name for m in metrics), scale=records[0]["scale"], dataset=records[0]["dataset"]),
+                 fontsize=10)
+    return fig
+
+
 def build_figure2(manifest_records, tracking_uri: str):
     """Figure 2: FID (top) and IS (bottom) vs training iterations, one column per lr (higher lr left)."""
     records = select(manifest_records, "figure2", need_lr=True)
-    reader, metrics = RunReader(tracking_uri), column_metrics(records)
-    lrs = {r["lr"] for r in records}
-    fig, axes = _new_figure(2, len(lrs), (4.6 * len(lrs) + 3.2, 7.0))
-    handles = _curve_panels(records, reader, metrics, axes, line_styles(records))
-    _figure_legend(fig, handles, records, reader)
-    fig.suptitle(f"Figure 2 ({records[0]['scale']}-scale reproduction on {records[0]['dataset']}; paper: CIFAR-10): "
-                 f"{metrics[0].name} and {metrics[1].name} vs training iterations; mean over seeds, band = {BAND}",
-                 fontsize=10)
-    return fig
+    return _curves_figure(records, tracking_uri, ("fid", "is"), 7.0,
+                          "Figure 2 ({scale}-scale reproduction on {dataset}; paper: CIFAR-10): {0} and {1} vs training "
+                          f"iterations; mean over seeds, band = {BAND}")
 
 
 def figure2(manifest_records, tracking_uri: str, out_dir) -> list[Path]:
@@ -159,14 +166,8 @@ def build_fid_convergence(manifest_records, tracking_uri: str):
     records = [r for r in select(manifest_records, "figure2", need_lr=True) if r["label"] in ("SIM", "SiD")]
     if not records:
         raise ValueError("experiment figure2 has no runs labelled SIM or SiD")
-    reader, metric = RunReader(tracking_uri), column_metrics(records, ("fid",))[0]
-    lrs = {r["lr"] for r in records}
-    fig, axes = _new_figure(1, len(lrs), (4.6 * len(lrs) + 3.2, 3.8))
-    handles = _curve_panels(records, reader, (metric,), axes, line_styles(records), log_y=True)
-    _figure_legend(fig, handles, records, reader)
-    fig.suptitle(f"Appendix B.6 ({records[0]['scale']}-scale reproduction): SIM vs SiD {metric.name} convergence",
-                 fontsize=10)
-    return fig
+    return _curves_figure(records, tracking_uri, ("fid",), 3.8,
+                          "Appendix B.6 ({scale}-scale reproduction): SIM vs SiD {0} convergence", log_y=True)
 
 
 def fid_convergence(manifest_records, tracking_uri: str, out_dir) -> list[Path]:

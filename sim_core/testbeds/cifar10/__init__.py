@@ -27,9 +27,8 @@ class CIFAR10Spec(TestbedSpec):
     def protocol(self, eval_cfg, final_eval_seeds, final_eval_protocol=None) -> Protocol:
         if final_eval_protocol not in FID_TRIALS:
             raise ValueError("the cifar10 testbed reports FID by a named protocol: set final_eval_protocol (edm or sid)")
-        return Protocol(features="FID/IS in Inception-v3 pool3 features (torch-fidelity weights)",
-                        reference="EDM's cifar10-32x32.npz", samples=eval_cfg.num_samples,
-                        trials=FID_TRIALS[final_eval_protocol], rule=final_eval_protocol)
+        return Protocol(self.features, self.reference, eval_cfg.num_samples, FID_TRIALS[final_eval_protocol],
+                        final_eval_protocol)
 
 
 TESTBED = CIFAR10Spec(
@@ -42,4 +41,6 @@ TESTBED = CIFAR10Spec(
     assets={False: {"teacher": "teacher_uncond", "inception": "inception", "fid_ref": "fid_ref"},
             True: {"teacher": "teacher_cond", "inception": "inception", "fid_ref": "fid_ref", "dataset": "cifar10"}},
     runtime="sim_core.testbeds.cifar10.testbed:load",
+    features="FID/IS in Inception-v3 pool3 features (torch-fidelity weights)",
+    reference="EDM's cifar10-32x32.npz",
 )

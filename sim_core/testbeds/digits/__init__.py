@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from sim_core.testbeds.spec import Metric, Protocol, TestbedConfig, TestbedSpec
+from sim_core.testbeds.spec import Metric, TestbedConfig, TestbedSpec
 
 
 class DigitsConfig(TestbedConfig):
@@ -12,14 +12,7 @@ class DigitsConfig(TestbedConfig):
     classifier: Optional[str] = None     # the feature network of FID/KID/IS (`sim classifier`); None: no metrics
 
 
-class DigitsSpec(TestbedSpec):
-    def protocol(self, eval_cfg, final_eval_seeds, final_eval_protocol=None) -> Protocol:
-        return Protocol(features="FID/KID/IS in digits-CNN features via torch-fidelity",
-                        reference="the 1438 training digits", samples=eval_cfg.num_samples,
-                        trials=len(final_eval_seeds), rule="mean")
-
-
-TESTBED = DigitsSpec(
+TESTBED = TestbedSpec(
     name="digits",
     config=DigitsConfig,
     metrics=(Metric("fid", "FID", lower_is_better=True, column="fid"),
@@ -32,4 +25,6 @@ TESTBED = DigitsSpec(
     runtime="sim_core.testbeds.digits.testbed:load",
     builders={"teacher": "sim_core.testbeds.digits.testbed:build_teacher",
               "classifier": "sim_core.testbeds.digits.testbed:build_classifier"},
+    features="FID/KID/IS in digits-CNN features via torch-fidelity",
+    reference="the 1438 training digits",
 )

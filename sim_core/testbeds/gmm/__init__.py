@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import field_validator
 
-from sim_core.testbeds.spec import Metric, Protocol, TestbedConfig, TestbedSpec
+from sim_core.testbeds.spec import Metric, TestbedConfig, TestbedSpec
 
 
 class GMMConfig(TestbedConfig):
@@ -20,14 +20,7 @@ class GMMConfig(TestbedConfig):
         return v
 
 
-class GMMSpec(TestbedSpec):
-    def protocol(self, eval_cfg, final_eval_seeds, final_eval_protocol=None) -> Protocol:
-        return Protocol(features="the 2-D samples themselves", reference="the true mixture's mean and covariance "
-                        "(Frechet distance), its modes (mass, coverage) and density (NLL)",
-                        samples=eval_cfg.num_samples, trials=len(final_eval_seeds), rule="mean")
-
-
-TESTBED = GMMSpec(
+TESTBED = TestbedSpec(
     name="gmm",
     config=GMMConfig,
     metrics=(Metric("fd", "FD to the true mixture", lower_is_better=True, column="fid"),
@@ -38,4 +31,6 @@ TESTBED = GMMSpec(
     assets={False: {"teacher": "teacher_gmm"}},
     runtime="sim_core.testbeds.gmm.testbed:load",
     builders={"teacher": "sim_core.testbeds.gmm.testbed:build_teacher"},
+    features="the 2-D samples themselves",
+    reference="the true mixture's mean and covariance (Frechet distance), its modes (mass, coverage) and density (NLL)",
 )
