@@ -7,8 +7,8 @@ both denoisers evaluated under no-grad, so the gradient reaches theta only throu
 dL/dx0 = D_psi - D_q, which is t^2 (s_psi - s_q): the integral-KL gradient with weight t^2.
 
 gloss puts both denoisers in train mode, so their dropout is active, and restores the RNG state between the two
-calls: the teacher and the online network drop the same units (docs/reference-code.md). ``train_mode_denoisers``
-does the same; it changes nothing for networks without dropout (the toy testbeds).
+calls: the teacher and the online network drop the same units (docs/reference-code.md#diff-instruct).
+``train_mode_denoisers`` does the same; it changes nothing for networks without dropout (the toy testbeds).
 """
 from __future__ import annotations
 

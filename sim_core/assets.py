@@ -1,10 +1,11 @@
 """Downloaded assets: the manifest of files the paper-scale runs need, their checksums, checks and downloads.
 
 Every file is named in :data:`MANIFEST`; each testbed registers its own files (``register_asset``) and the content
-checks of their kinds (``VALIDATORS``) in its folder (CIFAR-10: sim_core/testbeds/cifar10/assets.py: teacher
-pickles, FID reference statistics, Inception weights, the CIFAR-10 archive, SiD's released generators). Files live in one asset directory under their manifest file names,
-or anywhere else through per-asset path overrides (``asset_files.paths.<name>`` in config), because cluster nodes
-often have no internet and keep such files on shared storage.
+checks of their kinds (``VALIDATORS``) in its folder (CIFAR-10: sim_core/testbeds/cifar10/assets.py: teacher pickles,
+FID reference statistics, Inception weights, the CIFAR-10 archive, SiD's released generators). Files live in one asset
+directory under their manifest file names, or anywhere else through per-asset path overrides
+(``asset_files.paths.<name>`` in config), because cluster nodes often have no internet and keep such files on shared
+storage.
 
 Checksums (SHA-256 unless said otherwise), in order of precedence:
 

@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     import torch
-    torch.set_num_threads(args.threads)  # 1 thread is fastest for small networks on 2 cores (docs/environment.md#threads-on-small-cpus)
+    # 1 thread is fastest for small networks on 2 cores (docs/environment.md#threads-on-small-cpus)
+    torch.set_num_threads(args.threads)
     warnings.simplefilter("default", RuntimeWarning)
     from sim_core.errors import CheckpointError, ConfigError, RunDirError
     from sim_core.registry import UnknownNameError

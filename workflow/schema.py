@@ -106,14 +106,15 @@ class ScaleConfig(Strict):
     scale: Literal["smoke", "toy", "paper"]
     results_dir: str = "results"
     tracking_uri: Optional[str] = None      # None: sqlite:///<results_dir>/mlflow.db, created once before jobs;
-    #                                         "server": an MLflow server the DAG starts under <results_dir>/mlflow-server
-    #                                         (for clusters: many jobs logging at once); or any MLflow URI
+    # "server": an MLflow server the DAG starts under <results_dir>/mlflow-server (for clusters: many jobs logging at
+    # once); or any MLflow URI
     tracking_server_host: str = "127.0.0.1"  # where the managed server listens; 0.0.0.0 when jobs run on other nodes
     executor: Literal["local", "slurm"] = "local"
     runs_per_job: int = Field(1, ge=1)      # sweep points run one after another in one submitit job
     final_eval_seeds: list[int] = Field(default_factory=lambda: [1000])
     final_eval_protocol: Optional[Literal["edm", "sid"]] = None  # CIFAR-10: FID reporting protocol of the final
-    #   evaluation (sim_core/testbeds/cifar10/image_metrics.py): EDM's min of 3 seed ranges or SiD's mean ± std of 10 trials
+    # evaluation (sim_core/testbeds/cifar10/image_metrics.py): EDM's min of 3 seed ranges or SiD's mean ± std of 10
+    # trials
     assets: dict[str, AssetSpec] = Field(default_factory=dict)   # built by the DAG (toy teachers, classifier)
     asset_files: Optional[AssetFiles] = None                     # downloaded (paper scale)
     base: dict = Field(default_factory=dict)  # merged into every run's config

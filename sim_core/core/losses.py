@@ -69,7 +69,8 @@ class PsiLoss(StepLoss):
 
     def loss(self, D_psi, x0: torch.Tensor, cond, draw: NoiseDraw, augment=None) -> torch.Tensor:
         """``augment``: None, or (AugmentPipe, its drawn parameters for these samples). SiD and DI augment the
-        generated images of this step with EDM's AugmentPipe (docs/reference-code.md)."""
+        generated images of this step with EDM's AugmentPipe
+        (docs/reference-code.md#sids-fake-score-loss-and-augmentation)."""
         x0, augment_labels = x0.detach(), None
         if augment is not None:
             pipe, params = augment

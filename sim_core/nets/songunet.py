@@ -1,9 +1,9 @@
 """NVIDIA EDM's DDPM++ network (``SongUNet``), written for this project.
 
-Behaviour follows NVlabs/edm ``training/networks.py`` (commit 008a4e5; docs/reference-code.md#nvidias-edm-checkpoints) for the variant the
-CIFAR-10 "vp" checkpoints use: positional noise embedding, standard encoder and decoder. The layer classes carry
-NVIDIA's class names and attribute names (``in_channels``, ``num_groups``, ``skip_scale``, ...) and the network has
-NVIDIA's parameter/buffer names, so that a checkpoint written by NVIDIA's code maps onto it tensor by tensor
+Behaviour follows NVlabs/edm ``training/networks.py`` (commit 008a4e5; docs/reference-code.md#nvidias-edm-checkpoints)
+for the variant the CIFAR-10 "vp" checkpoints use: positional noise embedding, standard encoder and decoder. The layer
+classes carry NVIDIA's class names and attribute names (``in_channels``, ``num_groups``, ``skip_scale``, ...) and the
+network has NVIDIA's parameter/buffer names, so that a checkpoint written by NVIDIA's code maps onto it tensor by tensor
 (``sim_core.testbeds.cifar10.edm_pickle``) and the attributes stored in such a checkpoint can be compared one by one.
 
 The forward signature is the project's raw-network signature ``F(x_in, noise_labels, class_labels=None,

@@ -58,7 +58,7 @@ def train_edm_teacher(net: torch.nn.Module, sample_data: Callable, label_dim: in
                       warmup: int = 200, progress: bool = False, log: Optional[Callable] = None):
     """Train D = EDMPrecond(net) with the EDM loss (t ~ p_EDM, weight lambda_EDM; EDM training/loss.py).
 
-    ``sample_data(n, rng) -> (x0, class_labels or None)``. Adam (0.9, 0.999) with warm-up then cosine decay;
+    ``sample_data(n, rng) -> (x0, one-hot class labels or None)``. Adam (0.9, 0.999) with warm-up then cosine decay;
     returns the EMA of the weights (EDM evaluates its EMA) and a dict of training facts.
     """
     torch.manual_seed(seed)

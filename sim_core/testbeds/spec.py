@@ -39,7 +39,8 @@ class Protocol:
 
     def text(self) -> str:
         rule = self.RULES[self.rule].format(trials=self.trials)
-        return f"{self.features}; reference: {self.reference}; {self.generator}; {self.samples} samples per trial, {rule}"
+        return (f"{self.features}; reference: {self.reference}; {self.generator}; {self.samples} samples per trial, "
+                f"{rule}")
 
 
 class TestbedConfig(Strict):
@@ -105,7 +106,8 @@ class TestbedSpec:
 
     def build_asset(self, kind: str, spec: Mapping[str, Any], out: str) -> dict:
         if kind not in self.builders:
-            raise ValueError(f"testbed {self.name} builds no {kind!r} asset; it builds {', '.join(self.builders) or 'none'}")
+            built = ", ".join(self.builders) or "none"
+            raise ValueError(f"testbed {self.name} builds no {kind!r} asset; it builds {built}")
         return import_string(self.builders[kind])(out, **spec)
 
 

@@ -1,8 +1,9 @@
 """EDM's non-leaking augmentation pipeline (Karras et al. 2022, Appendix F.2; NVlabs/edm ``training/augment.py``).
 
-SiD and Diff-Instruct pass this pipeline, with p = 0.12 on CIFAR-10, into the online ("fake") network's EDM loss
-(docs/reference-code.md#sids-fake-score-loss-and-augmentation): the online network learns the score of augmented generated images, and the per-sample
-augment labels go into SongUNet's ``map_augment`` (``sim_core/nets/songunet.py``, augment_dim = 9). NVIDIA's CIFAR-10
+SiD and Diff-Instruct pass this pipeline, with p = 0.12 on CIFAR-10, into the online network's (D_psi's) EDM loss
+(docs/reference-code.md#sids-fake-score-loss-and-augmentation): D_psi learns the score of augmented generated
+images, and the per-sample augment labels go into SongUNet's ``map_augment`` (``sim_core/nets/songunet.py``,
+augment_dim = 9). NVIDIA's CIFAR-10
 checkpoints were trained with exactly these labels, so the layout, order and scaling below follow EDM's.
 
 The behaviour follows NVIDIA's implementation (read, not copied):

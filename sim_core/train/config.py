@@ -37,8 +37,9 @@ class OnlineConfig(StepParts):
     weighting: str = "lambda_edm"        # Table 5: lambda_EDM
     steps_per_iter: int = Field(1, ge=1)  # SiD/DI reference loops: one psi-step per theta-step
     # Augmentation of the online network's inputs (the psi-step's generated images): the paper is silent; SiD and
-    # DI pass EDM's AugmentPipe with CIFAR-10's setting (sim_core/train/augment.py) and p = 0.12 into the fake-score
-    # loss (docs/reference-code.md). 0: off. Needs image data and a network with EDM's 9 augment labels.
+    # DI pass EDM's AugmentPipe with CIFAR-10's setting (sim_core/train/augment.py) and p = 0.12 into D_psi's loss
+    # (docs/reference-code.md#sids-fake-score-loss-and-augmentation). 0: off. Needs image data and a network with
+    # EDM's 9 augment labels.
     augment_p: float = Field(0.0, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
@@ -86,7 +87,8 @@ class GeneratorConfig(Strict):
 
 class NetworksConfig(Strict):
     # None: the teacher network's own value (0.13 in the CIFAR-10 EDM checkpoints and SiD's default,
-    # docs/reference-code.md; none in the toy MLPs). A number is set on G and D_psi (not the teacher, always in eval).
+    # docs/reference-code.md#sids-hyper-parameters; none in the toy MLPs). A number is set on G and D_psi (not the
+    # teacher, which runs in eval mode).
     dropout: Optional[float] = None
 
     @field_validator("dropout")

@@ -35,8 +35,8 @@ def load_generator(path, testbed: Testbed) -> OneStepGenerator:
 def evaluate_snapshot(cfg: RunConfig, path, seeds=(0, 1), testbed: Testbed | None = None,
                       protocol: str | None = None) -> dict:
     """Evaluate one snapshot: for the toy testbeds with ``len(seeds)`` independent noise draws of
-    eval.num_samples each (the mean of each scalar metric, and its standard deviation over the draws as
-    key_std_seeds); for CIFAR-10 by the named FID protocol (sim_core/testbeds/cifar10/image_metrics.py), on cfg.device."""
+    eval.num_samples each (the mean of each scalar metric, and its standard deviation over the draws as key_std_seeds);
+    for CIFAR-10 by the named FID protocol (sim_core/testbeds/cifar10/image_metrics.py), on cfg.device."""
     testbed = testbed or load_testbed(cfg.testbed)
     device = torch.device(cfg.device)
     G = load_generator(path, testbed).to(device)

@@ -3,8 +3,9 @@
 Each iteration: ``online.steps_per_iter`` psi-steps (denoising score matching of the online network D_psi on
 detached generator samples), then one theta-step (the method's generator loss; the teacher and D_psi frozen but
 differentiable in their input). Adam with the paper's betas, EMA of the generator for evaluation. Train/eval modes
-as SiD's loop (docs/reference-code.md): psi-step with D_psi in train mode (dropout on) and the generator's samples
-from eval mode under no_grad; theta-step with G in train mode and D_psi in eval mode; the teacher always in eval.
+as SiD's loop (docs/reference-code.md#sids-loop): psi-step with D_psi in train mode (dropout on) and the
+generator's samples from eval mode under no_grad; theta-step with G in train mode and D_psi in eval mode; the
+teacher always in eval.
 
 The ``perf`` switches (sim_core/train/precision.py) change speed, not the algorithm: bf16 autocast around the
 network passes, TF32, channels_last, and gradient accumulation over ``perf.grad_accum`` micro-batches of this rank's
@@ -79,7 +80,7 @@ class Distiller:
         self.step, self.nimg = 0, 0
         self.evaluator = None
         if self.dist.is_main:  # rank 0 evaluates and writes; the others only train
-            self.evaluator = evaluator if evaluator is not None else testbed.evaluator(cfg.eval, self.device, self.dtype)
+            self.evaluator = evaluator or testbed.evaluator(cfg.eval, self.device, self.dtype)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl", write=self.dist.is_main)
         self.schedule = Schedule(cfg.train)
 

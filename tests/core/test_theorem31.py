@@ -90,7 +90,8 @@ CASES = [
 
 
 class ScaledDistance:
-    """d_t(y) = d(s y), d_t'(y) = s d'(s y): the score-space distance that SIMLoss's denoiser space implies (s = t^2)."""
+    """d_t(y) = d(s y), d_t'(y) = s d'(s y): the score-space distance that SIMLoss's denoiser space implies (s = t^2).
+    """
 
     def __init__(self, base, scale: float):
         self.base, self.scale = base, float(scale)

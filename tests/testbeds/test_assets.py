@@ -282,7 +282,8 @@ def test_command_line(tmp_path, capsys):
 
 
 def test_fid_ref_content_check(tmp_path):
-    """fid_ref goes through sim_core.testbeds.cifar10.image_metrics.load_reference_stats (EDM's npz: mu (2048,), sigma (2048, 2048))."""
+    """fid_ref goes through sim_core.testbeds.cifar10.image_metrics.load_reference_stats (EDM's npz: mu (2048,), sigma
+    (2048, 2048))."""
     ref = tmp_path / "cifar10-32x32.npz"
     np.savez(ref, mu=np.zeros(2048, np.float32), sigma=np.eye(2048, dtype=np.float32))
     out = verify_assets(["fid_ref"], tmp_path)

@@ -1,4 +1,5 @@
-"""Paper-scale FID / IS machinery (sim_core/testbeds/cifar10/inception.py, sim_core/testbeds/cifar10/image_metrics.py), checked without downloads.
+"""Paper-scale FID / IS machinery (sim_core/testbeds/cifar10/inception.py, sim_core/testbeds/cifar10/image_metrics.py),
+checked without downloads.
 
 The real Inception weights cannot be fetched here, so the extractor is checked with a randomly initialised
 InceptionV3 in torch-fidelity's own structure and file format; the FID / IS formulas are checked against direct

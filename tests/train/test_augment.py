@@ -1,5 +1,5 @@
-"""EDM's AugmentPipe (sim_core/train/augment.py): exact pixel moves, the geometric resampling against an analytic image and
-against an independent dense-matrix reference, colour matrices against closed forms, EDM's label layout, draw
+"""EDM's AugmentPipe (sim_core/train/augment.py): exact pixel moves, the geometric resampling against an analytic image
+and against an independent dense-matrix reference, colour matrices against closed forms, EDM's label layout, draw
 statistics, determinism, and bad input."""
 from __future__ import annotations
 

@@ -152,8 +152,8 @@ def build_figure2(manifest_records, tracking_uri: str):
     """Figure 2: FID (top) and IS (bottom) vs training iterations, one column per lr (higher lr left)."""
     records = select(manifest_records, "figure2", need_lr=True)
     return _curves_figure(records, tracking_uri, ("fid", "is"), 7.0,
-                          "Figure 2 ({scale}-scale reproduction on {dataset}; paper: CIFAR-10): {0} and {1} vs training "
-                          f"iterations; mean over seeds, band = {BAND}")
+                          "Figure 2 ({scale}-scale reproduction on {dataset}; paper: CIFAR-10): {0} and {1} vs "
+                          f"training iterations; mean over seeds, band = {BAND}")
 
 
 def figure2(manifest_records, tracking_uri: str, out_dir) -> list[Path]:

@@ -19,14 +19,16 @@ class CIFAR10Config(TestbedConfig):
     inception_sha256: Optional[str] = None  # None: the published file's (sim_core/testbeds/cifar10/inception.py)
     fid_ref: Optional[str] = None        # EDM's reference statistics cifar10-32x32.npz (mu, sigma of 50k train images)
     dataset: Optional[str] = None        # cifar-10-python.tar.gz: labels of training images for conditional runs
-    # SiD/DI draw the labels of random training images (docs/reference-code.md); EDM's generate.py draws uniformly
+    # SiD/DI draw the labels of random training images, EDM's generate.py draws uniformly
+    # (docs/reference-code.md#class-labels)
     labels: Literal["training_images", "uniform"] = "training_images"
 
 
 class CIFAR10Spec(TestbedSpec):
     def protocol(self, eval_cfg, final_eval_seeds, final_eval_protocol=None) -> Protocol:
         if final_eval_protocol not in FID_TRIALS:
-            raise ValueError("the cifar10 testbed reports FID by a named protocol: set final_eval_protocol (edm or sid)")
+            raise ValueError("the cifar10 testbed reports FID by a named protocol: set final_eval_protocol "
+                             "(edm or sid)")
         return Protocol(self.features, self.reference, eval_cfg.num_samples, FID_TRIALS[final_eval_protocol],
                         final_eval_protocol)
 

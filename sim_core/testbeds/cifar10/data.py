@@ -8,8 +8,8 @@ extracted ``cifar-10-batches-py/`` directory, and unpickled by :class:`_ArrayOnl
 three numpy globals an array needs: a batch that names anything else (``os.system``, ...) is refused before any of
 it runs.
 
-Class labels for conditional generators come from a small registry: ``training_images`` (the label of a uniformly
-random training image, as SiD and DI draw them; docs/reference-code.md#class-labels) and ``uniform`` (EDM's generate.py).
+Class labels for conditional generators come from a small registry: ``training_images`` (the label of a uniformly random
+training image, as SiD and DI draw them; docs/reference-code.md#class-labels) and ``uniform`` (EDM's generate.py).
 """
 from __future__ import annotations
 
@@ -196,8 +196,8 @@ class TrainingLabels:
     """Labels of uniformly random training images, one-hot float32 (n, num_classes).
 
     SiD and DI draw class labels this way for the generator, the online network and their metrics
-    (``dataset.get_label(randint(len(dataset)))``; docs/reference-code.md#class-labels), so the classes follow the training set's
-    label frequencies (uniform for CIFAR-10).
+    (``dataset.get_label(randint(len(dataset)))``; docs/reference-code.md#class-labels), so the classes follow the
+    training set's label frequencies (uniform for CIFAR-10).
     """
 
     def __init__(self, labels=None, num_classes: int = NUM_CLASSES):

@@ -32,7 +32,8 @@ from sim_core.files import atomic_write_bytes, check_file, sha256_file
 from sim_core.registry import Registry
 from sim_core.testbeds.cifar10.inception import POOL3_DIM, check_images_uint8
 
-EDM_REF_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/cifar10-32x32.npz"  # docs/reference-code.md#nvidias-edm-checkpoints
+# docs/reference-code.md#nvidias-edm-checkpoints
+EDM_REF_URL = "https://nvlabs-fi-cdn.nvidia.com/edm/fid-refs/cifar10-32x32.npz"
 EDM_DDOF = 1   # EDM fid.py: sigma /= len(dataset_obj) - 1 (generated and reference statistics)
 SID_DDOF = 0   # SiD/DI metrics/*_metric_utils.py FeatureStats.get_mean_cov: cov = raw_cov / num_items - mu mu^T
 IS_SPLITS = 10  # is50k: num_splits=10 (SiD/DI metric_main.py; torch-fidelity isc_splits default)

@@ -1,9 +1,9 @@
 """Inception-v3 features for CIFAR-10 FID / IS at paper scale, through torch-fidelity's TF-compatible network.
 
 The reference code (EDM fid.py; SiD/DI metrics/*_metric_utils.py) runs NVIDIA's TorchScript/pickle translation of
-TensorFlow's inception-2015-12-05 graph; torch-fidelity's 'inception-v3-compat' is another translation of that
-same graph (docs/reference-code.md#fid-and-is-protocols). Small numerical differences from NVIDIA's file are expected, so one extractor is
-used for every number the harness reports.
+TensorFlow's inception-2015-12-05 graph; torch-fidelity's 'inception-v3-compat' is another translation of that same
+graph (docs/reference-code.md#fid-and-is-protocols). Small numerical differences from NVIDIA's file are expected, so one
+extractor is used for every number the harness reports.
 
 Nothing here downloads: the weights file is a local path, its SHA-256 is checked before it is read, and a missing
 or wrong file fails with one line naming the path and the URL to fetch it from.
@@ -52,8 +52,8 @@ def check_images_uint8(images, who: str = "images") -> torch.Tensor:
     if not torch.is_tensor(images) or images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         desc = (f"{images.dtype} tensor of shape {tuple(images.shape)}" if torch.is_tensor(images)
                 else type(images).__name__)
-        raise ValueError(f"{who} must be a uint8 tensor of shape (N, 3, H, W) (use sim_core.testbeds.cifar10.inception.quantize); "
-                         f"got a {desc}")
+        raise ValueError(f"{who} must be a uint8 tensor of shape (N, 3, H, W) "
+                         f"(use sim_core.testbeds.cifar10.inception.quantize); got a {desc}")
     return images
 
 
@@ -75,10 +75,10 @@ class InceptionFeatures:
     exists -> SHA-256 -> loads as a plain tensor dict (``weights_only=True``, so no code runs) -> matches the
     network's parameter names and shapes.
 
-    ``allow_tf32`` (CUDA only): PyTorch runs cuDNN convolutions in TF32 by default on Ampere and later GPUs, and
-    EDM fid.py leaves that default; SiD's training loop turns TF32 off (`allow_tf32=False`, docs/reference-code.md#sids-loop)
-    and computes its in-training FIDs in that process. The default False computes the features in full fp32, the
-    same on every device; the global flags are restored after each call.
+    ``allow_tf32`` (CUDA only): PyTorch runs cuDNN convolutions in TF32 by default on Ampere and later GPUs, and EDM
+    fid.py leaves that default; SiD's training loop turns TF32 off (`allow_tf32=False`,
+    docs/reference-code.md#sids-loop) and computes its in-training FIDs in that process. The default False computes the
+    features in full fp32, the same on every device; the global flags are restored after each call.
     """
 
     def __init__(self, weights_path, sha256: Optional[str] = INCEPTION_SHA256, device="cpu",

@@ -9,10 +9,10 @@ from sim_core.testbeds.base import Testbed, save_image_grid
 
 class CIFAR10Testbed(Testbed):
     """CIFAR-10 with NVIDIA's EDM teacher (paper scale): FID and Inception Score in Inception-v3 features
-    (torch-fidelity's weights, a local file) against EDM's reference statistics, 50k samples quantised as the
-    reference code; conditional labels as SiD draws them. During training: one trial (SiD's fid50k_full,
-    generated covariance / N); at the end: a named protocol (sim_core/testbeds/cifar10/image_metrics.py: EDM's min of 3 seed
-    ranges or SiD's mean ± std of 10)."""
+    (torch-fidelity's weights, a local file) against EDM's reference statistics, 50k samples quantised as the reference
+    code; conditional labels as SiD draws them. During training: one trial (SiD's fid50k_full, generated covariance /
+    N); at the end: a named protocol (sim_core/testbeds/cifar10/image_metrics.py: EDM's min of 3 seed ranges or SiD's
+    mean ± std of 10)."""
     kind = "cifar10"
 
     def __init__(self, D_teacher, meta, tb_cfg):
@@ -20,7 +20,8 @@ class CIFAR10Testbed(Testbed):
         from sim_core.testbeds.cifar10.image_metrics import load_reference_stats
         for key in ("inception", "fid_ref"):
             if getattr(tb_cfg, key) is None:
-                raise CheckpointError(f"testbed.{key} is required for the cifar10 testbed (sim_core/testbeds/cifar10/assets.py)")
+                raise CheckpointError(f"testbed.{key} is required for the cifar10 testbed "
+                                      "(sim_core/testbeds/cifar10/assets.py lists its files)")
         self.cfg = tb_cfg
         self.ref = load_reference_stats(tb_cfg.fid_ref)  # fail now, before training, on a bad file
         self._features = {}

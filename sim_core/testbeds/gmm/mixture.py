@@ -143,7 +143,7 @@ class GaussianMixture:
         return second - torch.outer(m, m)
 
     def as_denoiser(self) -> "MixtureDenoiser":
-        """The exact denoiser as a module with the project's interface D(x, sigma, class_labels=None)."""
+        """The exact denoiser as a module with the project's interface D(x, sigma, cond=None)."""
         return MixtureDenoiser(self)
 
     # ------------------------------------------------------------------------------------- serialisation
