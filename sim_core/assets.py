@@ -459,4 +459,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m sim_core.assets` runs this file as __main__, a second copy of the module: the testbeds register their
+    # files in sim_core.assets, so run that one's main
+    from sim_core.assets import main as _main
+    sys.exit(_main())

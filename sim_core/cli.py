@@ -62,12 +62,17 @@ def _cmd_summarize(a):
         print(to_markdown([r for r in rows if r["testbed"] == testbed]) + "\n")
 
 
+def _built_teachers() -> list[str]:
+    from sim_core.testbeds import TESTBEDS
+    return [n for n in TESTBEDS.names() if "teacher" in TESTBEDS.get(n).builders]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sim", description="SIM / SiD / Diff-Instruct one-step distillation harness")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("teacher", help="train a toy teacher with the EDM loss")
-    t.add_argument("--testbed", required=True, choices=["gmm", "digits"], help="a testbed whose teacher is built here")
+    t.add_argument("--testbed", required=True, choices=_built_teachers(), help="a testbed whose teacher is built here")
     t.add_argument("--out", required=True)
     t.add_argument("--conditional", action="store_true")
     t.add_argument("--mixture", default="ring")

@@ -281,6 +281,20 @@ def test_command_line(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["inception"]["sha256"] == sha(inc)
 
 
+def test_the_module_command_lists_what_the_testbeds_register(tmp_path):
+    """`python -m sim_core.assets` runs the module as __main__; the testbeds register their files in sim_core.assets,
+    and the listing must show them (it once printed {})."""
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-m", "sim_core.assets", "list", "--asset-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    listed = json.loads(p.stdout)
+    assert sorted(listed) == ["cifar10", "fid_ref", "inception", "sid_cond", "sid_uncond", "teacher_cond",
+                              "teacher_uncond"]
+    assert listed["teacher_uncond"]["urls"][0].endswith("/edm-cifar10-32x32-uncond-vp.pkl")
+
+
 def test_fid_ref_content_check(tmp_path):
     """fid_ref goes through sim_core.testbeds.cifar10.image_metrics.load_reference_stats (EDM's npz: mu (2048,), sigma
     (2048, 2048))."""
