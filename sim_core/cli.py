@@ -5,11 +5,12 @@ Bad input (config, names, numbers, files) ends with one line on stderr and exit 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import warnings
 
-from sim_core.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from sim_core.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_IO
 
 
 def _cmd_teacher(a):
@@ -37,6 +38,8 @@ def _cmd_distill(a):
     status = distill(cfg, run_dir)
     print(json.dumps(status))
     if status["status"] == "interrupted":
+        print(f"interrupted by {status.get('signal')} at step {status['step']}: run the same command to resume",
+              file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
 
 
@@ -116,6 +119,16 @@ def main(argv=None):
     except (ConfigError, CheckpointError, RunDirError, UnknownNameError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: {e.strerror} writing {e.filename or 'a file'}: free some space and run the same command "
+              "again; it resumes from the last checkpoint", file=sys.stderr)
+        sys.exit(EXIT_IO)
+    except KeyboardInterrupt:  # Ctrl-C twice: no checkpoint of this step; the last one stays
+        print("stopped without a checkpoint of the last steps (Ctrl-C twice); run the same command to resume from the "
+              "last checkpoint", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -15,4 +15,5 @@ class RunDirError(ValueError):
 
 
 EXIT_BAD_INPUT = 2      # bad input: one line on stderr, nothing written
+EXIT_IO = 74            # EX_IOERR: a write failed (a full disk): nothing is lost, the same command resumes
 EXIT_INTERRUPTED = 75   # EX_TEMPFAIL: the run checkpointed on a signal and can be resumed

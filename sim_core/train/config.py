@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -28,6 +29,7 @@ from sim_core.testbeds.spec import TestbedConfig
 # marked HASHED_UNLESS_DEFAULT: the hash leaves it out while it holds its default, so that the run directories
 # named by older hashes stay valid whatever is added.
 NOT_HASHED = {"hash": "never"}
+MAX_SEED = 2 ** 63 - 1  # seeds go to torch generators, which take 64-bit integers (derived seeds add to them)
 HASHED_UNLESS_DEFAULT = {"hash": "unless_default"}
 
 
@@ -131,15 +133,15 @@ class TrainConfig(Strict):
 class EvalConfig(Strict):
     num_samples: int = Field(2000, ge=2)   # generator samples per evaluation
     batch_size: int = Field(500, ge=1)
-    seed: int = 12345                      # evaluation noise is fixed, independent of training
+    seed: int = Field(12345, ge=0, le=MAX_SEED)  # evaluation noise is fixed, independent of training
     kid_subsets: int = Field(20, ge=1)     # digits: KID subsets (torch-fidelity's 100 costs ~11 s per evaluation)
 
 
 class RunConfig(Strict):
     name: str
     scale: Literal["smoke", "toy", "paper"] = "toy"
-    seed: int = 0
-    device: str = "cpu"
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    device: str = "cpu"                    # cpu, cuda or cuda:N; a GPU must be there (loop.py check_device)
     dtype: Literal["float32", "float64"] = "float32"  # fp32 as the reference code (SiD --fp16 0)
     # torch.set_num_threads; 1 is fastest for small nets on 2 cores (docs/environment.md#threads-on-small-cpus)
     threads: Optional[int] = Field(1, json_schema_extra=NOT_HASHED)
@@ -153,6 +155,13 @@ class RunConfig(Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     networks: NetworksConfig = Field(default_factory=NetworksConfig)
     perf: PerfConfig = Field(default_factory=PerfConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v):
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", v):
+            raise ValueError(f"must be cpu, cuda or cuda:N, got {v!r}")
+        return v
 
     @model_validator(mode="before")
     @classmethod

@@ -19,6 +19,8 @@ never interrupted.
 from __future__ import annotations
 
 import copy
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -33,6 +35,7 @@ from sim_core.files import atomic_torch_save, load_checked
 from sim_core.nets import dropout_settings
 from sim_core.train.config import RunConfig
 from sim_core.train.distributed import DistEnv, from_environment
+from sim_core.train.lock import RunLock, remove_temporaries
 from sim_core.train.precision import autocast, check_grad_accum, configure_backends, micro_batches, to_memory_format
 from sim_core.train.run_dir import MetricsLog, prepare_run_dir, read_status, write_status
 from sim_core.train.schedule import Schedule
@@ -156,10 +159,12 @@ class Distiller:
     # ---- the loop -------------------------------------------------------------------------------------------
     def run(self) -> dict:
         cfg, tc = self.cfg, self.cfg.train
-        resumed = self._start()
-        bar = _progress_bar(cfg, self.step)
-        with StopSignals() as signals:
-            self._status("running", resumed=resumed)
+        with StopSignals() as signals:  # the caller's, when it watches already (distill: from the start-up on)
+            resumed = self._start()
+            if signals.received is not None and not resumed:  # stopped during the initial evaluation: no step yet
+                return self._status("interrupted", signal=signals.name())
+            bar = _progress_bar(cfg, self.step)
+            self._status("running", resumed=resumed, pid=os.getpid(), host=socket.gethostname())
             t_last = time.time()
             try:
                 while self.step < tc.iterations:
@@ -346,28 +351,55 @@ def build_augment_pipe(p: float, data_shape, network: torch.nn.Module):
     return pipe
 
 
+def check_device(device: str) -> None:
+    """A device this machine has: one line for a misspelt name or a GPU that is not there."""
+    try:
+        d = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device {device!r} is not a torch device (cpu, cuda, cuda:N)") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: this machine has no CUDA GPU; use device cpu")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if d.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r}: the harness runs on cpu or cuda")
+
+
 def distill(cfg: RunConfig, run_dir, testbed=None, evaluator=None, tracker_factory=None,
             dist: Optional[DistEnv] = None) -> dict:
     """Run (or resume, or no-op if finished) one distillation; returns the final status record.
 
-    The teacher (and the testbed's evaluation files) are loaded and checked before the run directory is touched.
-    With several processes (torchrun or a multi-task submitit job: see sim_core/train/distributed.py) every rank
-    calls this; rank 0 prepares the run directory and alone tracks the run.
+    Everything that can be checked is checked before the run directory is touched: the device, the batch split, the
+    teacher and the testbed's evaluation files, the networks' dropout and augmentation settings. Rank 0 then takes the
+    run directory's lock (a second process refuses in one line; a killed one's lock is taken over), removes what a
+    killed process left half-written, and alone tracks the run. Signals are watched from here on: one during the
+    start-up or the initial evaluation ends the run as "interrupted" with nothing half-done. With several processes
+    (torchrun or a multi-task submitit job: see sim_core/train/distributed.py) every rank calls this.
     """
     from sim_core.testbeds import load_testbed
+    check_device(cfg.device)
     dist = dist or from_environment(cfg.device)
     shard = dist.shard(cfg.optim.batch_size)  # a batch that does not split evenly fails before any work
     check_grad_accum(shard.stop - shard.start, cfg.perf.grad_accum)  # so does a shard that does not split
     testbed = testbed or load_testbed(cfg.testbed)
     check_dropout(cfg, testbed.D_teacher)
-    if dist.is_main:
-        run_dir = prepare_run_dir(cfg, run_dir)
-    dist.barrier()
-    run_dir = Path(run_dir)
-    status = read_status(run_dir)
-    if status is not None and status["status"] in ("finished", "diverged"):
-        return status
-    dist.barrier()  # no rank may see status.json change under it (rank 0 rewrites it as the run starts)
-    tracker = tracker_factory() if tracker_factory and dist.is_main else None  # after the run dir exists
-    d = Distiller(cfg, run_dir, testbed=testbed, evaluator=evaluator, tracker=tracker, dist=dist)
-    return d.run()
+    build_augment_pipe(cfg.online.augment_p, tuple(testbed.data_shape), testbed.D_teacher)
+    lock = None
+    with StopSignals():
+        try:
+            if dist.is_main:
+                run_dir = prepare_run_dir(cfg, run_dir)
+                lock = RunLock(run_dir).acquire()
+                remove_temporaries(run_dir)
+            dist.barrier()
+            run_dir = Path(run_dir)
+            status = read_status(run_dir)
+            if status is not None and status["status"] in ("finished", "diverged"):
+                return status
+            dist.barrier()  # no rank may see status.json change under it (rank 0 rewrites it as the run starts)
+            tracker = tracker_factory() if tracker_factory and dist.is_main else None  # after the run dir exists
+            d = Distiller(cfg, run_dir, testbed=testbed, evaluator=evaluator, tracker=tracker, dist=dist)
+            return d.run()
+        finally:
+            if lock is not None:
+                lock.release()

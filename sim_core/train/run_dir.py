@@ -8,15 +8,32 @@ from pathlib import Path
 
 import yaml
 
-from sim_core.errors import RunDirError
+from sim_core.errors import CheckpointError, ConfigError, RunDirError
 from sim_core.files import atomic_write_json, atomic_write_text, sha256_file
 from sim_core.train.config import RunConfig, parse_config
 from sim_core.train.provenance import provenance
 
 
 def read_metrics(run_dir) -> list[dict]:
+    """The records of metrics.jsonl. Every append ends with a newline, so a last line without one is a write cut short
+    (a full disk, a kill): it is left out, and the next resume rewrites the file without it. A damaged line anywhere
+    else is one CheckpointError line."""
     p = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in p.read_text().splitlines() if line] if p.exists() else []
+    if not p.exists():
+        return []
+    *complete, cut = p.read_bytes().split(b"\n")
+    records = []
+    for i, line in enumerate(complete, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise CheckpointError(f"metrics log {p} line {i} is not a JSON record: the run directory is damaged; "
+                                  "move it away to start the run again") from None
+        if not isinstance(records[-1], dict) or "step" not in records[-1]:
+            raise CheckpointError(f"metrics log {p} line {i} is not a metrics record (no step)")
+    return records
 
 
 class MetricsLog:
@@ -44,9 +61,23 @@ class MetricsLog:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.unsynced))
 
 
+STATUSES = ("running", "finished", "diverged", "interrupted")
+
+
 def read_status(run_dir) -> dict | None:
+    """status.json, or None before the run started; anything unreadable is one CheckpointError line."""
     p = Path(run_dir) / "status.json"
-    return json.loads(p.read_text()) if p.exists() else None
+    if not p.exists():
+        return None
+    try:
+        status = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CheckpointError(f"status file {p} is not JSON: the run directory is damaged; delete {p.name} to resume "
+                              "from the checkpoint") from None
+    if not isinstance(status, dict) or status.get("status") not in STATUSES:
+        raise CheckpointError(f"status file {p} holds no run status ({', '.join(STATUSES)}); delete it to resume "
+                              "from the checkpoint")
+    return status
 
 
 def write_status(run_dir, record: dict) -> None:
@@ -57,13 +88,29 @@ def prepare_run_dir(cfg: RunConfig, run_dir) -> Path:
     """Create the run directory with its provenance, or check that an existing one holds the same config."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} is a file, not a directory")
     if cfg_path.exists():
-        existing = parse_config(yaml.safe_load(cfg_path.read_text()))
+        try:
+            existing = parse_config(yaml.safe_load(cfg_path.read_text()))
+        except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as e:
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise RunDirError(f"run directory {run_dir} holds an unreadable config.yaml ({first}); use another "
+                              "--run-dir") from None
         if existing.hash() != cfg.hash():
             raise RunDirError(f"run directory {run_dir} holds config {existing.hash()}, not {cfg.hash()}; "
                               "use another --run-dir")
         return run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-probe.tmp"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise RunDirError(f"run directory {run_dir} cannot be written: {e.strerror or e}") from None
     teacher = Path(cfg.testbed.teacher)
     atomic_write_json(run_dir / "provenance.json",
                       provenance(cfg.hash(), {"teacher_sha256": sha256_file(teacher) if teacher.is_file() else None,
