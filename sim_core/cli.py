@@ -14,7 +14,9 @@ from sim_core.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_IO
 
 
 def _cmd_teacher(a):
+    from sim_core.files import check_output
     from sim_core.testbeds import TESTBEDS
+    check_output(a.out, "teacher file")
     overrides = {k: v for k, v in dict(iterations=a.iterations, batch_size=a.batch_size).items() if v is not None}
     if a.testbed == "gmm":
         overrides["mixture"] = a.mixture
@@ -24,7 +26,9 @@ def _cmd_teacher(a):
 
 
 def _cmd_classifier(a):
+    from sim_core.files import check_output
     from sim_core.testbeds import TESTBEDS
+    check_output(a.out, "classifier file")
     info = TESTBEDS.get("digits").build_asset("classifier", dict(seed=a.seed), a.out)
     print(json.dumps({**info, "out": a.out}))
 
@@ -47,14 +51,16 @@ def _cmd_sample_teacher(a):
     import torch
 
     from sim_core.core.sampler import heun_sampler, nfe
+    from sim_core.files import atomic_torch_save, check_output
     from sim_core.testbeds.base import uniform_labels
     from sim_core.testbeds.edm_teacher import load_teacher
+    check_output(a.out, "samples file")
     D, meta = load_teacher(a.teacher)
     rng = torch.Generator().manual_seed(a.seed)
     latents = torch.randn((a.n, *meta["data_shape"]), generator=rng)
     labels = uniform_labels(a.n, meta["label_dim"], rng)
     x = heun_sampler(D, latents, labels, num_steps=a.steps)
-    torch.save({"samples": x, "labels": labels, "nfe": nfe(a.steps)}, a.out)
+    atomic_torch_save({"samples": x, "labels": labels, "nfe": nfe(a.steps)}, a.out)
     print(json.dumps({"out": a.out, "nfe": nfe(a.steps), "n": a.n}))
 
 
@@ -65,28 +71,55 @@ def _cmd_summarize(a):
         print(to_markdown([r for r in rows if r["testbed"] == testbed]) + "\n")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument errors as one line on stderr, exit code 2 (argparse's own print a usage block first)."""
+
+    def error(self, message):
+        print(f"error: {self.prog}: {message}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _seed(text: str) -> int:
+    value = _count(0)(text)
+    if value > 2 ** 63 - 1:
+        raise argparse.ArgumentTypeError(f"a seed must be below 2^63, got {value}")
+    return value
+
+
 def _built_teachers() -> list[str]:
     from sim_core.testbeds import TESTBEDS
     return [n for n in TESTBEDS.names() if "teacher" in TESTBEDS.get(n).builders]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sim", description="SIM / SiD / Diff-Instruct one-step distillation harness")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = _Parser(prog="sim", description="SIM / SiD / Diff-Instruct one-step distillation harness")
+    p.add_argument("--threads", type=_count(1), default=1, help="torch threads (default 1)")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     t = sub.add_parser("teacher", help="train a toy teacher with the EDM loss")
     t.add_argument("--testbed", required=True, choices=_built_teachers(), help="a testbed whose teacher is built here")
     t.add_argument("--out", required=True)
     t.add_argument("--conditional", action="store_true")
     t.add_argument("--mixture", default="ring")
-    t.add_argument("--iterations", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--iterations", type=_count(1))
+    t.add_argument("--batch-size", type=_count(1))
+    t.add_argument("--seed", type=_seed, default=0)
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(fn=_cmd_teacher)
     c = sub.add_parser("classifier", help="train the digits feature network for FID/KID/IS")
     c.add_argument("--out", required=True)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=_seed, default=0)
     c.set_defaults(fn=_cmd_classifier)
     d = sub.add_parser("distill", help="run one distillation from a config file")
     d.add_argument("--config", required=True)
@@ -96,9 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample-teacher", help="sample a teacher with EDM's Heun sampler")
     s.add_argument("--teacher", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--n", type=int, default=1000)
-    s.add_argument("--steps", type=int, default=18, help="Heun steps; NFE = 2*steps - 1")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--n", type=_count(1), default=1000)
+    s.add_argument("--steps", type=_count(1), default=18, help="Heun steps; NFE = 2*steps - 1")
+    s.add_argument("--seed", type=_seed, default=0)
     s.set_defaults(fn=_cmd_sample_teacher)
     m = sub.add_parser("summarize", help="print a table of run directories' first and last evaluations")
     m.add_argument("run_dirs", nargs="+")

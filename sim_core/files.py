@@ -15,6 +15,25 @@ from pathlib import Path
 from sim_core.errors import CheckpointError
 
 
+def check_output(path: str | Path, what: str) -> Path:
+    """A file the command will write, checked before any work: not a directory, in a directory that exists or can be
+    made and that can be written. One CheckpointError line otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{what} {path} is a directory; name a file")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise CheckpointError(f"{what} {path} cannot be written: {parent} is not a writable directory")
+    try:  # root passes os.access even on a read-only filesystem
+        probe = tempfile.TemporaryFile(dir=parent)
+        probe.close()
+    except OSError as e:
+        raise CheckpointError(f"{what} {path} cannot be written: {e.strerror or e}") from None
+    return path
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

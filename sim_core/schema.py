@@ -25,14 +25,22 @@ def format_error(e: ValidationError) -> str:
 
 
 def read_yaml(path: str | Path, what: str = "config") -> dict:
-    """A YAML file as a dict; a missing or unparsable file is one ConfigError line."""
+    """A YAML file holding a mapping, as a dict; anything else (missing, not text, not YAML, a list) is one
+    ConfigError line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{what} file not found: {path}")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not a text file") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping of sections, not a {type(data).__name__}")
+    return data
 
 
 def split_pair(item: str, what: str) -> tuple[str, str]:

@@ -85,6 +85,13 @@ class AssetFiles(Strict):
     paths: dict[str, str] = Field(default_factory=dict)   # asset name -> a file elsewhere
     sha256: dict[str, str] = Field(default_factory=dict)  # asset name -> the checksum it must have (wins over all)
 
+    @model_validator(mode="after")
+    def _known_names_and_checksums(self):
+        from sim_core.assets import _user_sha256, manifest_names, resolve_paths
+        resolve_paths(self.dir, self.paths)  # unknown names: one line listing the valid ones
+        _user_sha256(self.sha256, {n: None for n in manifest_names()})  # 64 hex digits each
+        return self
+
 
 JOB_KINDS = ("teacher", "distill", "teacher_rows", "aggregate")  # teacher: the toy assets; teacher_rows: evaluation
 

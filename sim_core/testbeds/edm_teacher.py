@@ -17,7 +17,7 @@ from sim_core.core.edm import EDMPrecond
 from sim_core.core.losses import edm_denoising_loss
 from sim_core.core.time_dists import build_time_distribution
 from sim_core.core.weightings import lambda_edm
-from sim_core.errors import CheckpointError
+from sim_core.errors import CheckpointError, ConfigError
 from sim_core.files import atomic_torch_save, load_checked
 from sim_core.nets import build_network, network_name
 
@@ -113,7 +113,7 @@ def build_mlp_teacher(testbed: str, out, data_shape, label_dim: int, sample_data
     from sim_core.nets.mlp import ResidualMLP
     bad = set(overrides) - set(defaults)
     if bad:
-        raise ValueError(f"unknown teacher setting(s) {sorted(bad)}; valid: {sorted(defaults)}")
+        raise ConfigError(f"unknown teacher setting(s) {sorted(bad)}; valid: {sorted(defaults)}")
     hp = {**defaults, **{k: v for k, v in overrides.items() if v is not None}}
     torch.manual_seed(seed)
     net = ResidualMLP(data_shape, hidden=hp["hidden"], blocks=hp["blocks"], label_dim=label_dim)

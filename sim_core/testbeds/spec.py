@@ -11,6 +11,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
+from sim_core.errors import ConfigError
 from sim_core.schema import Strict
 
 
@@ -80,7 +81,7 @@ class TestbedSpec:
 
     def dataset(self, conditional: bool) -> str:
         if conditional not in self.datasets:
-            raise ValueError(f"testbed {self.name} has no {'class-conditional' if conditional else 'unconditional'} "
+            raise ConfigError(f"testbed {self.name} has no {'class-conditional' if conditional else 'unconditional'} "
                              "variant")
         return self.datasets[conditional]
 
@@ -107,7 +108,7 @@ class TestbedSpec:
     def build_asset(self, kind: str, spec: Mapping[str, Any], out: str) -> dict:
         if kind not in self.builders:
             built = ", ".join(self.builders) or "none"
-            raise ValueError(f"testbed {self.name} builds no {kind!r} asset; it builds {built}")
+            raise ConfigError(f"testbed {self.name} builds no {kind!r} asset; it builds {built}")
         return import_string(self.builders[kind])(out, **spec)
 
 

@@ -252,8 +252,41 @@ def parse_config(data: dict) -> RunConfig:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """A config file with ``key.sub=value`` overrides. A value is read as YAML (numbers, booleans, lists), except
+    for a field that holds text, which takes it as written (an all-digit checksum stays a string)."""
     data = read_yaml(path)
     for ov in overrides or []:
         key, raw = split_pair(ov, "bad override")
-        set_path(data, key, yaml.safe_load(raw))
+        if _text_field(data, key):
+            value = raw
+        else:
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError as e:
+                raise ConfigError(f"bad override {ov!r}: the value is not YAML: {str(e).splitlines()[0]}") from None
+        set_path(data, key, value)
     return parse_config(data)
+
+
+def _text_field(data: dict, dotted: str) -> bool:
+    """Whether ``dotted`` names a str (or optional str) field of the run config the data describes."""
+    model, section = RunConfig, data
+    keys = dotted.split(".")
+    for i, key in enumerate(keys):
+        if model is RunConfig and key in ("method", "testbed"):
+            sub = section.get(key) if isinstance(section.get(key), dict) else {}
+            try:
+                model = METHODS.get(sub.get("name", "sim")) if key == "method" else TESTBEDS.get(sub.get("kind")).config
+            except UnknownNameError:
+                return False
+            section = sub
+            continue
+        field = model.model_fields.get(key) if model is not None else None
+        if field is None:
+            return False
+        if i == len(keys) - 1:
+            return field.annotation in (str, Optional[str])
+        model = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) \
+            else None
+        section = section.get(key) if isinstance(section.get(key), dict) else {}
+    return False

@@ -84,14 +84,22 @@ class DistEnv:
 
 def from_environment(device: str = "cpu") -> DistEnv:
     """Join the process group described by the environment, or run alone if WORLD_SIZE is absent or 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    from sim_core.errors import ConfigError
+    names = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_PORT")
+    values = {k: os.environ[k] for k in names if k in os.environ}
+    bad = [f"{k}={v!r}" for k, v in values.items() if not v.isdigit()]
+    if bad:
+        raise ConfigError(f"the process-group environment must hold whole numbers: {', '.join(bad)}")
+    world = int(values.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistEnv()
     if not dist.is_initialized():
         missing = [k for k in ("MASTER_ADDR", "MASTER_PORT", "RANK") if k not in os.environ]
         if missing:
-            raise RuntimeError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: start the processes with "
-                               "torchrun or a multi-task submitit job")
+            raise ConfigError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: start the processes with "
+                              "torchrun or a multi-task submitit job")
+        if int(os.environ["RANK"]) >= world:
+            raise ConfigError(f"RANK={os.environ['RANK']} is not below WORLD_SIZE={world}")
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if str(device).startswith("cuda"):
             torch.cuda.set_device(local_rank)

@@ -37,7 +37,7 @@ from sim_core.train.config import RunConfig
 from sim_core.train.distributed import DistEnv, from_environment
 from sim_core.train.lock import RunLock, remove_temporaries
 from sim_core.train.precision import autocast, check_grad_accum, configure_backends, micro_batches, to_memory_format
-from sim_core.train.run_dir import MetricsLog, prepare_run_dir, read_status, write_status
+from sim_core.train.run_dir import MetricsLog, prepare_run_dir, read_metrics, read_status, write_status
 from sim_core.train.schedule import Schedule
 from sim_core.train.signals import StopSignals
 from sim_core.train.state import CHECKPOINT_FORMAT, SNAPSHOT_FORMAT, rng_state, set_rng_state
@@ -389,8 +389,11 @@ def distill(cfg: RunConfig, run_dir, testbed=None, evaluator=None, tracker_facto
         try:
             if dist.is_main:
                 run_dir = prepare_run_dir(cfg, run_dir)
-                lock = RunLock(run_dir).acquire()
-                remove_temporaries(run_dir)
+                status = read_status(run_dir)  # what the directory holds is read (and refused) before any write
+                read_metrics(run_dir)
+                if status is None or status["status"] not in ("finished", "diverged"):
+                    lock = RunLock(run_dir).acquire()
+                    remove_temporaries(run_dir)
             dist.barrier()
             run_dir = Path(run_dir)
             status = read_status(run_dir)

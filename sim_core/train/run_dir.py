@@ -84,6 +84,19 @@ def write_status(run_dir, record: dict) -> None:
     atomic_write_json(Path(run_dir) / "status.json", record)
 
 
+def read_run_config(run_dir) -> RunConfig:
+    """The resolved config a run directory holds; missing or unreadable is one RunDirError line."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} is not a run directory: it has no config.yaml")
+    try:
+        return parse_config(yaml.safe_load(path.read_text()))
+    except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as e:
+        first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise RunDirError(f"run directory {run_dir} holds an unreadable config.yaml ({first}); use another "
+                          "--run-dir") from None
+
+
 def prepare_run_dir(cfg: RunConfig, run_dir) -> Path:
     """Create the run directory with its provenance, or check that an existing one holds the same config."""
     run_dir = Path(run_dir)
@@ -91,12 +104,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir) -> Path:
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"run directory {run_dir} is a file, not a directory")
     if cfg_path.exists():
-        try:
-            existing = parse_config(yaml.safe_load(cfg_path.read_text()))
-        except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as e:
-            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise RunDirError(f"run directory {run_dir} holds an unreadable config.yaml ({first}); use another "
-                              "--run-dir") from None
+        existing = read_run_config(run_dir)
         if existing.hash() != cfg.hash():
             raise RunDirError(f"run directory {run_dir} holds config {existing.hash()}, not {cfg.hash()}; "
                               "use another --run-dir")

@@ -1,20 +1,21 @@
 """A plain summary of run directories: status, and the first and last evaluation of each headline metric."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
-
+from sim_core.errors import RunDirError
 from sim_core.testbeds import TESTBEDS
-from sim_core.train.run_dir import read_metrics
+from sim_core.train.run_dir import read_metrics, read_run_config, read_status
 
 
 def summarize(run_dirs) -> list[dict]:
+    """One row per run directory; a directory that is not a started run is one RunDirError line."""
     rows = []
     for run_dir in map(Path, run_dirs):
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-        status = json.loads((run_dir / "status.json").read_text())
+        cfg = read_run_config(run_dir).to_dict()
+        status = read_status(run_dir)
+        if status is None:
+            raise RunDirError(f"run directory {run_dir} has no status.json: the run has not started")
         evals = [r for r in read_metrics(run_dir) if any(k.startswith("eval/") for k in r)]
         row = dict(run=run_dir.name, method=cfg["method"]["name"], testbed=cfg["testbed"]["kind"],
                    status=status["status"] + (f" at step {status['diverged_at']}" if "diverged_at" in status else ""),

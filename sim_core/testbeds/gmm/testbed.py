@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from sim_core.errors import ConfigError
 from sim_core.files import atomic_savefig
 from sim_core.testbeds.base import Testbed, generate, net_dtype_device
 from sim_core.testbeds.edm_teacher import build_mlp_teacher, load_for
@@ -50,7 +51,7 @@ def build_teacher(out, conditional: bool = False, mixture: str = "ring", mixture
                   progress: bool = False, **overrides) -> dict:
     """Train the mixture's teacher (TEACHER_DEFAULTS, some replaced by ``overrides``) and write it to ``out``."""
     if conditional:
-        raise ValueError("the gmm testbed is unconditional")
+        raise ConfigError("the gmm testbed is unconditional")
     gmm = by_name(mixture, **(mixture_kwargs or {}))
 
     def sample(n, rng):
