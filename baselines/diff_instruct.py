@@ -92,6 +92,9 @@ class DIConfig(MethodConfig):
     # The teacher and the online network in train mode inside the generator loss, dropout active with the same
     # masks in both, as DI's gloss. It only matters for networks with dropout (the CIFAR-10 teachers: 0.13).
     train_mode_denoisers: bool = True
+    # DI's generator step reuses the psi-step's labels (its own next(dataset_iterator) is commented out)
+    reuse_psi_cond: bool = True
+    nonfinite: Literal["stop", "sanitize", "sanitize_grads"] = "sanitize_grads"  # DI's code: nan_to_num on gradients
 
     def build(self, warn: bool = True) -> DILoss:
         return DILoss(self.time_distribution(), self.weighting, self.train_mode_denoisers)

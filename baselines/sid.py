@@ -17,9 +17,11 @@ from sim_core.core.time_dists import TimeDistribution
 
 
 class SiDLoss(GeneratorLoss):
-    def __init__(self, time_dist: TimeDistribution, weighting: str = "sidwgt", alpha: float = 1.2):
+    def __init__(self, time_dist: TimeDistribution, weighting: str = "sidwgt", alpha: float = 1.2,
+                 loss_scale: float = 1.0):
         super().__init__(time_dist, weighting)
         self.alpha = finite("sid", float(alpha), "alpha")
+        self.loss_scale = finite("sid", float(loss_scale), "loss_scale")
 
     def loss(self, x0, cond, D_teacher, D_psi, draw: NoiseDraw):
         sigma = draw.sigma
@@ -27,10 +29,10 @@ class SiDLoss(GeneratorLoss):
         D_q = D_teacher(x_t, sigma, cond)
         Delta = D_q - D_psi(x_t, sigma, cond)
         w = self.weighting(sigma, x0, D_q)
-        return w * per_sample_dot(Delta, (D_q - x0) - self.alpha * Delta)
+        return self.loss_scale * w * per_sample_dot(Delta, (D_q - x0) - self.alpha * Delta)
 
     def describe(self):
-        return {**super().describe(), "alpha": self.alpha}
+        return {**super().describe(), "alpha": self.alpha, "loss_scale": self.loss_scale}
 
 
 class SiDConfig(MethodConfig):
@@ -38,6 +40,9 @@ class SiDConfig(MethodConfig):
     time_dist: str = "karr_sid"           # SiD's code: continuous Karras draw up to tmax = 800 of 1000
     weighting: str = "sidwgt"             # SiD's code: 1 / mean|x0 - D_q| under stop-gradient
     alpha: float = 1.2                    # SiD's published value; the SIM paper reproduces alpha = 1.0
+    # SiD's code multiplies the generator loss by lsg = 100 (sid_train.py), which moves Adam's effective eps
+    loss_scale: float = 100.0
+    nonfinite: Literal["stop", "sanitize", "sanitize_grads"] = "sanitize"  # SiD's code (docs/reference-code.md#sids-loop)
 
     def build(self, warn: bool = True) -> SiDLoss:
-        return SiDLoss(self.time_distribution(), self.weighting, self.alpha)
+        return SiDLoss(self.time_distribution(), self.weighting, self.alpha, self.loss_scale)

@@ -65,7 +65,7 @@ def launch_group(S: ScaleConfig, SW: Sweep, group: str, uri: str):
                              Path(S.results_dir) / "submitit" / "distill", S.executor, S.job_resources("distill"),
                              job_files=[str(Path(s["run_dir"]) / "job.json") for s in specs])
     for rec in result:
-        if rec["status"] not in ("finished", "diverged"):
+        if rec["status"] not in ("finished", "diverged", "collapsed"):
             raise RuntimeError(f"run {rec['name']} ended with status {rec['status']}")
     return result
 

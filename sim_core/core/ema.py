@@ -1,6 +1,7 @@
 """EMA of the generator as in EDM, SiD and DI (training_loop.py):
 half-life = min(halflife_nimg, rampup_ratio * cur_nimg); beta = 0.5^(batch / max(half-life, 1e-8));
-p_ema <- lerp(p, p_ema, beta)."""
+p_ema <- lerp(p, p_ema, beta). ``cur_nimg`` is the image count before the step's images are added: the reference
+loops update the EMA and then count, so the first update (cur_nimg = 0, beta = 0) copies the generator."""
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@ generator (theta-step) loss. All methods share the psi-step, the generator and t
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -32,13 +33,23 @@ class StepParts(Strict):
         return build_time_distribution(self.time_dist, **self.time_dist_params)
 
 
+# What the loop does with a non-finite loss or gradient (sim_core/train/loop.py):
+#   stop:           the run ends as "diverged" at that step (no step is taken with it)
+#   sanitize:       SiD's code: samples with a non-finite loss are dropped from both losses and the gradients go
+#                   through nan_to_num(nan=0, posinf=1e5, neginf=-1e5) before Adam; training goes on
+#   sanitize_grads: DI's code: the gradients go through the same nan_to_num, no sample is dropped
+NONFINITE_POLICIES = ("stop", "sanitize", "sanitize_grads")
+
+
 class MethodConfig(StepParts):
-    """What every method's config has: the theta-step's time distribution and weighting (each method's defaults
-    come from its own reference code), and ``build()``."""
+    """What every method's config has: the theta-step's time distribution and weighting and what happens to
+    non-finite values (each method's defaults come from its own reference code), and ``build()``."""
     name: str
     time_dist: str
     time_dist_params: dict = Field(default_factory=dict)
     weighting: str
+    nonfinite: Literal["stop", "sanitize", "sanitize_grads"]
+    reuse_psi_cond: bool = False  # the theta-step takes the psi-step's conditioning instead of drawing its own
 
     @model_validator(mode="after")
     def _builds(self):

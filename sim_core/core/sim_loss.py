@@ -59,6 +59,9 @@ class SIMConfig(MethodConfig):
     distance_params: dict = Field(default_factory=dict)  # pseudo_huber's c defaults to 1e-3: SIM authors, SIM issue #5
     space: Literal["denoiser", "score"] = "denoiser"     # eq. B.13 works in denoiser space
     detach_direction: bool = False        # ablation: stop the gradient through d'(y); not the paper's method
+    # the paper is silent and the authors released no training code; SIM is read as SiD's loop with SIM's loss
+    # (docs/reference-code.md#sim), so SiD's handling of non-finite values
+    nonfinite: Literal["stop", "sanitize", "sanitize_grads"] = "sanitize"
 
     def build(self, warn: bool = True) -> SIMLoss:
         return SIMLoss(build_distance(self.distance, warn=warn, **self.distance_params), self.time_distribution(),

@@ -50,8 +50,30 @@ def mean_over_draws(results: list) -> dict:
     return out
 
 
+def collapse_reason(x: torch.Tensor, data_range=None) -> str | None:
+    """Why a generator's samples (N, ...) are degenerate, or None: values that are not finite, most values far
+    outside the data's range (a saturated generator, whose clamped images all look alike), or samples that do not
+    vary. Such a generator can still get a finite FID, which must not be mistaken for a result."""
+    flat = x.reshape(x.shape[0], -1).double()
+    finite = torch.isfinite(flat)
+    if not bool(finite.all()):
+        return f"non-finite: {1 - finite.double().mean().item():.0%} of the sample values are not finite"
+    if data_range is not None:
+        lo, hi = data_range
+        margin = 0.1 * (hi - lo)
+        outside = ((flat < lo - margin) | (flat > hi + margin)).double().mean().item()
+        if outside > 0.5:
+            return f"saturated: {outside:.0%} of the sample values lie outside [{lo:g}, {hi:g}] by more than {margin:g}"
+    spread, scale = flat.std(0).mean().item(), flat.abs().mean().item()
+    if spread <= 1e-3 * max(scale, 1e-3):
+        return f"constant: the samples do not vary (mean std across samples {spread:.2g})"
+    return None
+
+
 class Testbed:
     """A loaded testbed: ``D_teacher`` (the EDM denoiser), ``data_shape``, ``label_dim`` and ``meta``."""
+
+    data_range = None  # (low, high) where the data is bounded (images in [-1, 1]); None: unbounded
 
     def __init__(self, D_teacher, meta: dict):
         self.D_teacher, self.meta = D_teacher, meta
@@ -62,6 +84,13 @@ class Testbed:
         """The conditioning of n samples, drawn from ``rng`` (the loop cuts it like the batch, unopened): None when
         unconditional; here uniform one-hot class labels (CIFAR-10: labels of random training images, as SiD/DI)."""
         return uniform_labels(n, self.label_dim, rng, dtype, device)
+
+    def collapse_reason(self, G, seed: int, n: int = 1000) -> str | None:
+        """Whether the generator's samples for ``seed`` are degenerate (see :func:`collapse_reason`)."""
+        dtype, device = net_dtype_device(G)
+        x, _ = generate(G, n, self.data_shape, seed, batch_size=500, device=device, dtype=dtype,
+                        draw_cond=self.draw_cond)
+        return collapse_reason(x, self.data_range)
 
     def final_metrics(self, G, eval_cfg, seeds, protocol=None, device="cpu") -> dict:
         """The final evaluation of a generator: the mean of each metric over independent noise draws (one per

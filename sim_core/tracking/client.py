@@ -161,8 +161,10 @@ class MLflowTracker:
 
     def finish(self, status: dict) -> None:
         tags = {"status": status["status"]}
-        if "diverged_at" in status:
-            tags["diverged_at"] = status["diverged_at"]
+        for key in ("diverged_at", "reason", "nonfinite_steps", "first_nonfinite_step"):  # reason: why it ended so
+            if key in status:
+                tags[key] = status[key]
         self.set_tags(**tags)
-        state = {"finished": "FINISHED", "diverged": "FINISHED", "interrupted": "KILLED"}.get(status["status"], "FAILED")
+        state = {"finished": "FINISHED", "diverged": "FINISHED", "collapsed": "FINISHED",
+                 "interrupted": "KILLED"}.get(status["status"], "FAILED")
         self.client.set_terminated(self.run_id, status=state)

@@ -37,7 +37,7 @@ from sim_core.train.config import RunConfig
 from sim_core.train.distributed import DistEnv, from_environment
 from sim_core.train.lock import RunLock, remove_temporaries
 from sim_core.train.precision import autocast, check_grad_accum, configure_backends, micro_batches, to_memory_format
-from sim_core.train.run_dir import MetricsLog, prepare_run_dir, read_metrics, read_status, write_status
+from sim_core.train.run_dir import TERMINAL, MetricsLog, prepare_run_dir, read_metrics, read_status, write_status
 from sim_core.train.schedule import Schedule
 from sim_core.train.signals import StopSignals
 from sim_core.train.state import CHECKPOINT_FORMAT, SNAPSHOT_FORMAT, rng_state, set_rng_state
@@ -81,6 +81,11 @@ class Distiller:
         self.augment_pipe = build_augment_pipe(cfg.online.augment_p, self.data_shape, self.D_psi)
         self.rng = torch.Generator().manual_seed(cfg.seed)
         self.step, self.nimg = 0, 0
+        self.nonfinite = cfg.method.nonfinite
+        self.nonfinite_steps = 0  # steps whose loss was not finite or lost samples, under a sanitizing policy
+        self.first_nonfinite_step = 0  # the first of them (0: none yet)
+        self._step_sanitized = False
+        self._psi_cond = None
         self.evaluator = None
         if self.dist.is_main:  # rank 0 evaluates and writes; the others only train
             self.evaluator = evaluator or testbed.evaluator(cfg.eval, self.device, self.dtype)
@@ -88,10 +93,13 @@ class Distiller:
         self.schedule = Schedule(cfg.train)
 
     # ---- one iteration: the psi-step, then the theta-step -----------------------------------------------------
-    def _draw(self):
-        """z and the conditioning of the global batch (every rank draws them all), cut to this rank's shard."""
+    def _draw(self, reuse_cond=None):
+        """z and the conditioning of the global batch (every rank draws them all), cut to this rank's shard; with
+        ``reuse_cond`` (DI's generator step) only z is drawn and that conditioning is used again."""
         n = self.cfg.optim.batch_size
         z = self.G.sample_z(n, self.data_shape, self.rng, self.dtype, self.device)
+        if reuse_cond is not None:
+            return to_memory_format(z[self.shard], self.perf), reuse_cond
         cond = self.testbed.draw_cond(n, self.rng, self.dtype, self.device)
         return to_memory_format(z[self.shard], self.perf), take(cond, self.shard)
 
@@ -101,28 +109,49 @@ class Distiller:
         draw.eps = to_memory_format(draw.eps, self.perf)
         return draw
 
+    def _reduce(self, per_sample: torch.Tensor) -> torch.Tensor:
+        """A micro-batch's mean loss. Under the "sanitize" policy (SiD's code) samples whose loss is not finite are
+        dropped from the sum, which is still divided by the micro-batch size, as SiD does."""
+        if self.nonfinite == "sanitize":
+            finite = per_sample.isfinite()
+            if not bool(finite.all()):
+                self._step_sanitized = True
+                return per_sample[finite].sum() / per_sample.shape[0]
+        return per_sample.mean()
+
     def _accumulate(self, micro_loss: Callable, net: torch.nn.Module, opt: torch.optim.Optimizer) -> torch.Tensor:
         """One optimiser step on the mean loss of this rank's shard, summed over its micro-batches.
 
-        ``micro_loss(part)`` is the mean loss of the micro-batch ``part`` (a slice of the shard); its network
+        ``micro_loss(part)`` is the per-sample loss of the micro-batch ``part`` (a slice of the shard); its network
         passes run under autocast, its backward outside. Each micro-batch contributes its mean / grad_accum, so the
-        gradient is the shard mean's. The loss returned is the mean over ranks; only if it is finite are the
-        gradients averaged over ranks and the step taken (otherwise the loop reports the divergence).
+        gradient is the shard mean's. The loss returned is the mean over ranks. Under the "stop" policy the
+        gradients are averaged over ranks and the step taken only if it is finite (otherwise the loop reports the
+        divergence); under "sanitize" and "sanitize_grads" the averaged gradients go through nan_to_num as in SiD's
+        and DI's code and the step is always taken.
         """
         opt.zero_grad(set_to_none=True)
         k = len(self.micro)
         loss_local = None
         for part in self.micro:
             with autocast(self.perf, self.device):
-                loss_part = micro_loss(part)
+                loss_part = self._reduce(micro_loss(part))
             if k > 1:
                 loss_part = loss_part / k
             loss_part.backward()
             loss_local = loss_part.detach() if loss_local is None else loss_local + loss_part.detach()
         loss = self.dist.mean(loss_local)
-        if loss.isfinite():
-            self.dist.average_gradients(net)
-            opt.step()
+        if self.nonfinite == "stop":
+            if loss.isfinite():
+                self.dist.average_gradients(net)
+                opt.step()
+            return loss
+        if not loss.isfinite():
+            self._step_sanitized = True
+        self.dist.average_gradients(net)
+        for p in net.parameters():  # SiD/DI: nan_to_num(param.grad, nan=0, posinf=1e5, neginf=-1e5) before Adam
+            if p.grad is not None:
+                torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+        opt.step()
         return loss
 
     def psi_step(self) -> torch.Tensor:
@@ -139,21 +168,22 @@ class Distiller:
             with torch.no_grad():
                 x0 = self.G(z[part], take(cond, part))
             augment = (self.augment_pipe, aug[part]) if aug is not None else None
-            return self.psi_loss.loss(self.D_psi, x0, take(cond, part), noise[part], augment).mean()
+            return self.psi_loss.loss(self.D_psi, x0, take(cond, part), noise[part], augment)
         loss = self._accumulate(micro_loss, self.D_psi, self.opt_psi)
         self.D_psi.requires_grad_(False)
+        self._psi_cond = cond
         return loss
 
     def theta_step(self) -> torch.Tensor:
         """psi frozen: the method's generator loss (Algorithm 2, second half)."""
         self.G.train()  # SiD: G's dropout is active during its own update
         self.D_psi.eval().requires_grad_(False)  # frozen parameters, differentiable in its input
-        z, cond = self._draw()
+        z, cond = self._draw(self._psi_cond if self.cfg.method.reuse_psi_cond else None)
         noise = self._noise(self.theta_loss)
 
         def micro_loss(part: slice) -> torch.Tensor:
             x0 = self.G(z[part], take(cond, part))
-            return self.theta_loss.loss(x0, take(cond, part), self.D_teacher, self.D_psi, noise[part]).mean()
+            return self.theta_loss.loss(x0, take(cond, part), self.D_teacher, self.D_psi, noise[part])
         return self._accumulate(micro_loss, self.G, self.opt_theta)
 
     # ---- the loop -------------------------------------------------------------------------------------------
@@ -174,10 +204,15 @@ class Distiller:
                     nimg_before = self.nimg
                     self.step += 1
                     self.nimg += cfg.optim.batch_size  # kimg counts generator images per iteration (as SiD)
-                    if not self._finite(loss_psi, loss_theta):
+                    if self.nonfinite == "stop" and not self._finite(loss_psi, loss_theta):
                         return self._diverged(loss_psi, loss_theta)
-                    ema_update(self.G_ema, self.G, ema_beta(self.nimg, cfg.optim.batch_size, cfg.ema.halflife_kimg,
-                                                            cfg.ema.rampup_ratio))
+                    if self.nonfinite != "stop" and self.dist.any(self._step_sanitized):
+                        self.nonfinite_steps += 1
+                        self.first_nonfinite_step = self.first_nonfinite_step or self.step  # where "stop" would end
+                    self._step_sanitized = False
+                    # EDM/SiD/DI: beta from the image count before this step's images (the first update copies G)
+                    ema_update(self.G_ema, self.G, ema_beta(nimg_before, cfg.optim.batch_size,
+                                                            cfg.ema.halflife_kimg, cfg.ema.rampup_ratio))
                     t_last = self._after_step(nimg_before, loss_psi, loss_theta, t_last, bar)
                     stop = self.dist.any(signals.received is not None)  # every rank stops at the same step
                     if self.schedule.checkpoint(self.step) or stop:
@@ -186,7 +221,7 @@ class Distiller:
                     if stop and self.step < tc.iterations:
                         return self._status("interrupted", signal=signals.name())
                 self.metrics.flush()
-                return self._status("finished")
+                return self._end()
             finally:
                 self.metrics.flush()
                 if bar is not None:
@@ -203,13 +238,27 @@ class Distiller:
         self._save_samples("init.png")
         return False
 
+    def _end(self) -> dict:
+        """The status of a run that reached its last step: "collapsed" when the EMA generator's samples are
+        degenerate (sim_core/testbeds/base.py collapse_reason), else "finished"."""
+        extra = {}
+        if self.nonfinite != "stop":
+            extra = {"nonfinite_steps": self.nonfinite_steps, "first_nonfinite_step": self.first_nonfinite_step}
+        reason = self.testbed.collapse_reason(self.G_ema, self.cfg.eval.seed) if self.dist.is_main else None
+        if reason is not None:
+            return self._status("collapsed", reason=reason, **extra)
+        return self._status("finished", **extra)
+
     def _after_step(self, nimg_before: int, loss_psi, loss_theta, t_last: float, bar) -> float:
         """Log, evaluate, snapshot and draw pictures as the schedule says; returns the time of the last log."""
         s, step = self.schedule, self.step
         if s.log(step):
             now = time.time()
-            self.metrics.add(dict(step=step, nimg=self.nimg, loss_online=loss_psi.item(), loss_gen=loss_theta.item(),
-                                  sec_per_iter=round((now - t_last) / self.cfg.train.log_every, 5)))
+            rec = dict(step=step, nimg=self.nimg, loss_online=loss_psi.item(), loss_gen=loss_theta.item(),
+                       sec_per_iter=round((now - t_last) / self.cfg.train.log_every, 5))
+            if self.nonfinite != "stop":
+                rec["nonfinite_steps"] = self.nonfinite_steps
+            self.metrics.add(rec)
             t_last = now
         if s.evaluate(step, nimg_before, self.nimg):
             self._evaluate()
@@ -260,7 +309,8 @@ class Distiller:
         return dict(format=CHECKPOINT_FORMAT, config_hash=self.cfg.hash(), step=self.step, nimg=self.nimg,
                     G=self.G.state_dict(), G_ema=self.G_ema.state_dict(), D_psi=self.D_psi.state_dict(),
                     opt_theta=self.opt_theta.state_dict(), opt_psi=self.opt_psi.state_dict(),
-                    rng=rng_state(self.rng, self.device))
+                    rng=rng_state(self.rng, self.device), nonfinite_steps=self.nonfinite_steps,
+                    first_nonfinite_step=self.first_nonfinite_step)
 
     def load_state_dict(self, s: dict) -> None:
         self.G.load_state_dict(s["G"])
@@ -270,6 +320,8 @@ class Distiller:
         self.opt_psi.load_state_dict(s["opt_psi"])
         set_rng_state(s["rng"], self.rng, self.device)
         self.step, self.nimg = int(s["step"]), int(s["nimg"])
+        self.nonfinite_steps = int(s["nonfinite_steps"])
+        self.first_nonfinite_step = int(s["first_nonfinite_step"])
 
     def save_checkpoint(self) -> None:
         if self.dist.is_main:
@@ -391,13 +443,13 @@ def distill(cfg: RunConfig, run_dir, testbed=None, evaluator=None, tracker_facto
                 run_dir = prepare_run_dir(cfg, run_dir)
                 status = read_status(run_dir)  # what the directory holds is read (and refused) before any write
                 read_metrics(run_dir)
-                if status is None or status["status"] not in ("finished", "diverged"):
+                if status is None or status["status"] not in TERMINAL:
                     lock = RunLock(run_dir).acquire()
                     remove_temporaries(run_dir)
             dist.barrier()
             run_dir = Path(run_dir)
             status = read_status(run_dir)
-            if status is not None and status["status"] in ("finished", "diverged"):
+            if status is not None and status["status"] in TERMINAL:
                 return status
             dist.barrier()  # no rank may see status.json change under it (rank 0 rewrites it as the run starts)
             tracker = tracker_factory() if tracker_factory and dist.is_main else None  # after the run dir exists

@@ -61,7 +61,8 @@ class MetricsLog:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.unsynced))
 
 
-STATUSES = ("running", "finished", "diverged", "interrupted")
+STATUSES = ("running", "finished", "diverged", "collapsed", "interrupted")
+TERMINAL = ("finished", "diverged", "collapsed")  # a run in one of these is not trained again
 
 
 def read_status(run_dir) -> dict | None:

@@ -8,7 +8,8 @@ import random
 import numpy as np
 import torch
 
-CHECKPOINT_FORMAT = "sim-harness-checkpoint/2"  # /2: networks as G, G_ema, D_psi; optimisers opt_theta, opt_psi
+# /3: networks as G, G_ema, D_psi; optimisers opt_theta, opt_psi; every RNG under rng; the count of sanitized steps
+CHECKPOINT_FORMAT = "sim-harness-checkpoint/3"
 SNAPSHOT_FORMAT = "sim-harness-generator/1"
 
 

@@ -129,7 +129,11 @@ def test_method_defaults_follow_the_papers():
     sim = METHODS.get("sim")().build()
     assert sim.describe() == {"time_dist": "p_sim", "weighting": "nowgt", "distance": "pseudo_huber(c=0.001)",
                               "space": "denoiser", "detach_direction": False}
-    assert METHODS.get("sid")().build().describe() == {"time_dist": "karr_sid", "weighting": "sidwgt", "alpha": 1.2}
+    assert METHODS.get("sid")().build().describe() == {"time_dist": "karr_sid", "weighting": "sidwgt", "alpha": 1.2,
+                                                       "loss_scale": 100.0}
+    # what each method's own code does with non-finite values, and DI's reuse of the psi-step's labels
+    assert [METHODS.get(m)().nonfinite for m in ("sim", "sid", "di")] == ["sanitize", "sanitize", "sanitize_grads"]
+    assert [METHODS.get(m)().reuse_psi_cond for m in ("sim", "sid", "di")] == [False, False, True]
     assert METHODS.get("di")().build().describe() == {"time_dist": "p_edm", "weighting": "nowgt"}
     from sim_core.train.config import parse_config
     cfg = parse_config(dict(name="x", testbed=dict(kind="gmm", teacher="t.pt"), train=dict(iterations=1)))

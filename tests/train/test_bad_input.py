@@ -140,7 +140,7 @@ def test_parse_config_rejects_bad_values_in_process(gmm_teacher):
     with pytest.raises(ConfigError) as e:
         parse_config(gmm_config(gmm_teacher, method=dict(name="sid", distance="l2")))
     assert str(e.value) == ("bad config: method: method sid does not take distance; it takes name, time_dist, "
-                            "time_dist_params, weighting, alpha")
+                            "time_dist_params, weighting, nonfinite, reuse_psi_cond, alpha, loss_scale")
 
 
 def test_overrides_and_bad_overrides(tmp_path, gmm_teacher):

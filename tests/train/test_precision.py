@@ -70,7 +70,8 @@ def _conv_testbed(dropout: float = 0.1) -> BaseTestbed:
 
 def _raw(method="sim", batch=16, lr=1e-3, dtype="float32", conditional=True, **over) -> dict:
     raw = dict(name="perf", dtype=dtype, testbed=dict(kind="digits", teacher="unused.pt", conditional=conditional),
-               method=dict(name=method), optim=dict(batch_size=batch, lr_gen=lr, lr_online=lr),
+               method=method if isinstance(method, dict) else dict(name=method),
+               optim=dict(batch_size=batch, lr_gen=lr, lr_online=lr),
                train=dict(iterations=3, progress=False))
     raw.update(over)
     return raw
@@ -110,7 +111,7 @@ def test_grad_accum_gives_the_one_batch_update(tmp_path, method):
 
 
 def test_grad_accum_skips_the_step_on_a_non_finite_loss(tmp_path):
-    d = _distiller(tmp_path, _mlp_testbed(), perf=dict(grad_accum=2))
+    d = _distiller(tmp_path, _mlp_testbed(), perf=dict(grad_accum=2), method=dict(name="sim", nonfinite="stop"))
     with torch.no_grad():
         d.D_psi.model.out.bias[0] = float("nan")
     before = parameters(d)
@@ -304,8 +305,8 @@ def test_sid_schedule_in_the_loop(tmp_path):
 
 
 def test_config_hash_is_pinned_and_only_later_fields_at_default_stay_out():
-    """Run directories are named by RunConfig.hash(): these values were computed when the typed method and testbed
-    sections came (the layered layout) and must not move. Presentation-only fields never count; a field added later
+    """Run directories are named by RunConfig.hash(): these values were computed when the methods' non-finite policies
+    came (after the typed method and testbed sections of the layered layout) and must not move. Presentation-only fields never count; a field added later
     (marked HASHED_UNLESS_DEFAULT) counts only once set to something other than its default."""
     from pydantic import Field
 
@@ -315,13 +316,13 @@ def test_config_hash_is_pinned_and_only_later_fields_at_default_stay_out():
              method=dict(name="sid", alpha=1.0), optim=dict(batch_size=64, lr_gen=1e-4, lr_online=1e-4),
              train=dict(iterations=20, log_every=5, eval_every=10, checkpoint_every=0, progress=False),
              eval=dict(num_samples=500, batch_size=500))
-    assert parse_config(a).hash() == "215f10a33b1a08ec" and parse_config(b).hash() == "0f0fc1bb3eb0d0c9"
-    assert parse_config(dict(a, threads=2, train=dict(iterations=100, progress=False))).hash() == "215f10a33b1a08ec"
+    assert parse_config(a).hash() == "75498e479270f95b" and parse_config(b).hash() == "6c09a95d04ad25ca"
+    assert parse_config(dict(a, threads=2, train=dict(iterations=100, progress=False))).hash() == "75498e479270f95b"
     changed = [dict(a, perf=dict(grad_accum=2)), dict(a, perf=dict(bf16=True)), dict(a, networks=dict(dropout=0.0)),
                dict(a, train=dict(iterations=100, eval_schedule="sid")), dict(a, method=dict(name="sim", space="score"))]
-    assert len({parse_config(c).hash() for c in changed} | {"215f10a33b1a08ec"}) == len(changed) + 1
+    assert len({parse_config(c).hash() for c in changed} | {"75498e479270f95b"}) == len(changed) + 1
 
     class Later(RunConfig):  # the schema after a field is added
         new_switch: int = Field(0, json_schema_extra=HASHED_UNLESS_DEFAULT)
-    assert Later.model_validate(a).hash() == "215f10a33b1a08ec"
-    assert Later.model_validate(dict(a, new_switch=1)).hash() != "215f10a33b1a08ec"
+    assert Later.model_validate(a).hash() == "75498e479270f95b"
+    assert Later.model_validate(dict(a, new_switch=1)).hash() != "75498e479270f95b"

@@ -48,9 +48,9 @@ def test_sim_digits_improves_fid(tmp_path, digits_teacher, digits_classifier):
 
 
 def test_divergence_is_a_status_not_a_crash(tmp_path, gmm_teacher):
-    """exp_power with a huge beta overflows at the first theta-step: status 'diverged' at step 1, no crash,
-    no nan_to_num, and the run is not resumed afterwards."""
-    raw = gmm_config(gmm_teacher, method=dict(name="sim", distance="exp_power",
+    """exp_power with a huge beta overflows at the first theta-step. Under the "stop" policy: status 'diverged' at step
+    1, no crash, no nan_to_num, and the run is not resumed afterwards."""
+    raw = gmm_config(gmm_teacher, method=dict(name="sim", nonfinite="stop", distance="exp_power",
                                               distance_params=dict(alpha=2.0, beta=1e6)),
                      train=dict(iterations=5, checkpoint_every=1))
     status = distill(parse_config(raw), tmp_path / "r")
@@ -58,6 +58,20 @@ def test_divergence_is_a_status_not_a_crash(tmp_path, gmm_teacher):
     assert status["reason"] == "non-finite loss"
     assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "diverged"
     assert distill(parse_config(raw), tmp_path / "r")["diverged_at"] == 1  # a rerun does not retrain
+
+
+def test_the_sanitize_policy_keeps_training_and_counts_what_it_repaired(tmp_path, gmm_teacher):
+    """The same overflow under SiD's "sanitize" (SIM's default): the samples whose loss overflows are dropped, the
+    gradients pass nan_to_num, the run goes to its end with finite parameters and says how many steps it repaired."""
+    import torch
+    raw = gmm_config(gmm_teacher, method=dict(name="sim", distance="exp_power",
+                                              distance_params=dict(alpha=2.0, beta=1e6)),
+                     train=dict(iterations=5, checkpoint_every=1, log_every=1))
+    status = distill(parse_config(raw), tmp_path / "r")
+    assert status["status"] in ("finished", "collapsed") and status["nonfinite_steps"] == 5
+    assert [r["nonfinite_steps"] for r in read_metrics(tmp_path / "r") if "loss_gen" in r] == [1, 2, 3, 4, 5]
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert state["nonfinite_steps"] == 5 and all(v.isfinite().all() for v in state["G"].values())
 
 
 @pytest.mark.parametrize("method", ["sid", "di"])

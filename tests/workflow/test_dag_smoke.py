@@ -115,12 +115,15 @@ def test_mlflow_holds_one_run_per_sweep_point(smoke):
         assert r.data.params["method.name"] == run.config["method"]["name"]
         assert float(r.data.params["optim.lr_gen"]) == run.config["optim"]["lr_gen"]
         assert r.data.params["seed"] == str(run.config["seed"])
-        assert r.data.tags["status"] in ("finished", "diverged")
+        assert r.data.tags["status"] in ("finished", "diverged", "collapsed")
         assert r.data.tags["config_hash"] and r.data.tags["scale"] == "smoke" and r.data.tags["job_id"]
         steps = [m.step for m in client.get_metric_history(rid, "loss_online")]
         assert steps == sorted(set(steps)) and len(steps) >= 1
         if r.data.tags["status"] == "diverged":  # its non-finite losses are in metrics.jsonl, not in MLflow
             assert int(r.data.tags["diverged_at"]) == steps[-1]
+        elif r.data.tags["status"] == "collapsed":  # lr 10: a saturated generator, told apart from a result
+            assert run.config["optim"]["lr_gen"] == 10.0 and r.data.tags["reason"].startswith("saturated")
+            assert "final/fid" not in r.data.metrics
         else:
             fid = [m.step for m in client.get_metric_history(rid, "eval/fid")]
             assert fid[0] == 0 and fid[-1] == run.config["train"]["iterations"]
@@ -134,7 +137,11 @@ def test_lr_sweep_marks_divergence(smoke):
     sweep = pd.read_csv(smoke / "figures" / "lr_sweep.csv")
     assert len(sweep) == 6  # 3 rows x 2 learning rates
     diverging = sweep[sweep["method"] == "SIM / exp_power beta=1e6"]
-    assert diverging["n_diverged"].tolist() == [1, 1]  # overflows at its first generator step
+    assert diverging["n_diverged"].tolist() == [1, 1]  # overflows at its first generator step ("stop" policy)
+    # lr 10 saturates SIM and DI: once counted as healthy runs with the same FID, now collapsed, without a FID
+    at_10 = sweep[sweep["lr"] == 10.0].set_index("method")
+    assert at_10.loc["SIM", "n_collapsed"] == 1 and at_10.loc["DI", "n_collapsed"] == 1
+    assert at_10[["fid_mean"]].loc[["SIM", "DI"]].isna().all().all()
 
 
 def test_figures_show_every_row_of_their_experiment(smoke):

@@ -48,8 +48,9 @@ class Store:
         self.experiment = self.client.create_experiment("aggregate-test")
         self.records: list[dict] = []
 
-    def run(self, final_fid=None, status="finished", diverged_at=None, eval_only=False, isc=8.0, teacher=False):
-        """One run: eval/ histories (unless a teacher), final/ metrics (unless eval_only or not finished)."""
+    def run(self, final_fid=None, status="finished", diverged_at=None, eval_only=False, isc=8.0, teacher=False,
+            **tags):
+        """One run: eval/ histories (unless a teacher), final/ metrics (unless eval_only or not finished), tags."""
         run_id = self.client.create_run(self.experiment).info.run_id
         metrics = []
         if not teacher:
@@ -57,7 +58,8 @@ class Store:
                 metrics += [Metric("eval/fid", fid, 0, step), Metric("eval/isc", isc - 2 + step / 200, 0, step)]
         if status == "finished" and not eval_only:
             metrics += [Metric("final/fid", final_fid, 0, 0), Metric("final/isc", isc, 0, 0)]
-        tags = [RunTag("status", status)] + ([RunTag("diverged_at", str(diverged_at))] if diverged_at else [])
+        tags = [RunTag("status", status)] + ([RunTag("diverged_at", str(diverged_at))] if diverged_at else []) + \
+            [RunTag(k, str(v)) for k, v in tags.items()]
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
         return run_id
 
@@ -115,6 +117,10 @@ def _figures(store: Store, sim_ids) -> None:
                 diverge = lr == 1e-3 and (method == "sid" or seed == 1)
                 run_id = store.run(9.0, status="diverged", diverged_at=300) if diverge else store.run(2.0 + seed)
                 store.record("lr_sweep", label, method, run_id, seed, lr=lr)
+    # DI at 1e-2: one seed's generator saturated (collapsed), the other repaired non-finite steps 40 and later
+    store.record("lr_sweep", "DI", "di", store.run(9.0, status="collapsed", reason="saturated: 100% of the sample "
+                                                   "values lie outside [-1, 1]"), 0, lr=1e-2)
+    store.record("lr_sweep", "DI", "di", store.run(4.0, nonfinite_steps=3, first_nonfinite_step=40), 1, lr=1e-2)
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +284,17 @@ def test_lr_sweep_lists_diverged_counts(out):
     assert cell.loc[("SiD", 1e-3), "n_diverged"] == 2 and math.isnan(cell.loc[("SiD", 1e-3), "fid_mean"])
     assert cell.loc[("SIM", 1e-3), "n_diverged"] == 1 and cell.loc[("SIM", 1e-3), "fid_mean"] == pytest.approx(2.0)
     assert cell.loc[("SIM", 1e-4), "fid_mean"] == pytest.approx(2.5) and cell.loc[("SIM", 1e-4), "n_seeds"] == 2
+    di = cell.loc[("DI", 1e-2)]
+    assert (di["n_collapsed"], di["n_diverged"], di["nonfinite_steps"], di["stop_would_diverge_at"]) == (1, 0, 3, 40)
+    assert di["fid_mean"] == pytest.approx(4.0)  # the collapsed seed's FID is not averaged in
+    assert math.isnan(cell.loc[("SIM", 1e-4), "stop_would_diverge_at"])
 
+
+def test_a_collapsed_seed_is_shown_as_such():
+    from workflow.report.stats import runs_text, stat_text
+    summary = dict(values=[], mean=math.nan, half=math.nan, n=0, n_seeds=2, diverged=[],
+                   others={"collapsed": 2}, collapse=["saturated", "saturated"])
+    assert stat_text(summary) == "collapsed (saturated)" and runs_text(summary) == "2/2 collapsed (saturated)"
 
 def _cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "workflow.report", *map(str, args)], cwd=ROOT,

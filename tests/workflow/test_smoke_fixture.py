@@ -1,6 +1,8 @@
-"""The refactoring guard: every sweep point of the smoke DAG ends with the final metrics and last losses that the code
-before the layered layout produced (tests/fixtures/smoke_finals.json, written by tests/smoke_finals.py from that
-code's smoke results). Equal to the bit on the machine kind the fixture was written on (same CPU capability, BLAS and
+"""The refactoring guard: every sweep point of the smoke DAG ends with the final metrics and last losses pinned in
+tests/fixtures/smoke_finals.json (written by tests/smoke_finals.py from a smoke DAG's results). It was first written
+from the code before the layered layout, which the layout reproduced to the bit, and rewritten once on purpose when
+the loop took SiD's and DI's EMA timing, loss scale, labels and non-finite handling. A change meant to move these
+numbers rewrites it the same way and says so in its commit; any other change must leave them as they are. Equal to the bit on the machine kind the fixture was written on (same CPU capability, BLAS and
 torch; the smoke runs use one thread); elsewhere float summation orders differ and Adam amplifies them in rare
 elements (tests/numerics.py), so there statuses must agree and the numbers of the sane learning rates to 5%."""
 from __future__ import annotations

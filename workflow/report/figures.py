@@ -59,20 +59,23 @@ def line_styles(records) -> dict[str, dict]:
     return styles
 
 
+MARKERS = {"diverged": "x", "collapsed": "s", "sanitized": "^"}  # the last finite point of a run that ended so
+
+
 def curve(records, reader: RunReader, key: str):
-    """Mean, min and max of eval/<key> over a label's finished and diverged seeds at each step, and the
-    last finite point (step, value) of each diverged seed."""
+    """Mean, min and max of eval/<key> over a label's finished, diverged and collapsed seeds at each step, and the
+    last finite point (step, value, status) of each diverged or collapsed seed."""
     series, marks = [], []
     for rec in records:
         run = reader.run(rec["run_id"])
-        if run["status"] not in ("finished", "diverged"):
+        if run["status"] not in ("finished", "diverged", "collapsed"):
             continue
         hist = dict(reader.history(rec["run_id"], f"eval/{key}"))
         values = pd.Series(list(hist.values()), index=list(hist.keys()), dtype=float)
         series.append(values)
         finite = values.dropna()
-        if run["status"] == "diverged" and len(finite):
-            marks.append((finite.index[-1], finite.iloc[-1]))
+        if run["status"] in MARKERS and len(finite):
+            marks.append((finite.index[-1], finite.iloc[-1], run["status"]))
     if not series:
         return pd.Series(dtype=float), pd.Series(dtype=float), pd.Series(dtype=float), marks
     frame = pd.concat(series, axis=1).sort_index()
@@ -86,15 +89,16 @@ def draw_curve(ax, records, reader: RunReader, key: str, style: dict):
         return None
     (line,) = ax.plot(mean.index, mean.values, lw=1.6, **style)
     ax.fill_between(low.index, low.values, high.reindex(low.index).values, color=style["color"], alpha=0.15, lw=0)
-    for step, value in marks:
-        ax.plot([step], [value], marker="x", ms=10, mew=2.5, color=style["color"], linestyle="none", zorder=5)
+    for step, value, status in marks:
+        ax.plot([step], [value], marker=MARKERS[status], ms=9, mew=2.5, color=style["color"], linestyle="none",
+                zorder=5, fillstyle="none")
     return line
 
 
 def _legend_label(label: str, records, reader: RunReader) -> str:
-    """The label, plus how many seeds diverged or failed at which learning rate."""
+    """The label, plus how many seeds diverged, collapsed or failed at which learning rate."""
     notes = []
-    for status in ("diverged", "failed"):
+    for status in ("diverged", "collapsed", "failed"):
         for lr in sorted({r["lr"] for r in records}, reverse=True):
             at_lr = [r for r in records if r["lr"] == lr]
             k = sum(reader.run(r["run_id"])["status"] == status for r in at_lr)
@@ -132,7 +136,8 @@ def _figure_legend(fig, handles: dict, records, reader: RunReader) -> None:
     labels = [lb for lb in by_label(records) if lb in handles]
     fig.legend([handles[lb] for lb in labels], [_legend_label(lb, by_label(records)[lb], reader) for lb in labels],
                loc="outside right center", fontsize=8, title_fontsize=8,
-               title=f"line: mean over seeds\nshaded: {BAND}\nx: diverged run's last finite point")
+               title=f"line: mean over seeds\nshaded: {BAND}\nx: diverged run's last finite point\n"
+                     "square: collapsed run's last point")
 
 
 def _curves_figure(records, tracking_uri: str, columns, height: float, title: str, log_y: bool = False):
@@ -175,15 +180,28 @@ def fid_convergence(manifest_records, tracking_uri: str, out_dir) -> list[Path]:
     return _save_figure(build_fid_convergence(manifest_records, tracking_uri), out_dir, "figure_b6_fid_convergence")
 
 
+LR_SWEEP_COLUMNS = ["method", "lr", "fid_mean", "n_seeds", "n_diverged", "n_collapsed", "n_failed", "nonfinite_steps",
+                    "stop_would_diverge_at"]
+
+
 def lr_sweep_table(records, reader: RunReader, key: str) -> pd.DataFrame:
-    """One row per (label, lr): final FID mean over finished seeds, seeds, diverged and failed counts."""
+    """One row per (label, lr): final FID mean over finished seeds, seeds, how many diverged, collapsed or failed,
+    the steps a sanitizing non-finite policy repaired (summed over seeds) and the first of them, where the "stop"
+    policy would have ended the run as diverged (the two policies are the same run up to there)."""
     rows = []
     for label, recs in by_label(records).items():
         for lr in sorted({r["lr"] for r in recs}):
-            summary = summarize_label([r for r in recs if r["lr"] == lr], reader, key)
+            at_lr = [r for r in recs if r["lr"] == lr]
+            summary = summarize_label(at_lr, reader, key)
             rows.append(dict(method=label, lr=lr, fid_mean=summary["mean"], n_seeds=summary["n_seeds"],
-                             n_diverged=len(summary["diverged"]), n_failed=summary["others"].get("failed", 0)))
-    return pd.DataFrame(rows, columns=["method", "lr", "fid_mean", "n_seeds", "n_diverged", "n_failed"])
+                             n_diverged=len(summary["diverged"]), n_collapsed=summary["others"].get("collapsed", 0),
+                             n_failed=summary["others"].get("failed", 0),
+                             nonfinite_steps=sum(reader.run(r["run_id"])["nonfinite_steps"] for r in at_lr),
+                             stop_would_diverge_at=min((s for s in (reader.run(r["run_id"])["first_nonfinite_step"]
+                                                                    for r in at_lr) if s), default=None)))
+    frame = pd.DataFrame(rows, columns=LR_SWEEP_COLUMNS)
+    frame["stop_would_diverge_at"] = frame["stop_would_diverge_at"].astype("Int64")
+    return frame
 
 
 def build_lr_sweep(manifest_records, tracking_uri: str):
@@ -195,22 +213,26 @@ def build_lr_sweep(manifest_records, tracking_uri: str):
     styles = line_styles(records)
     fig, axes = _new_figure(1, 1, (7.5, 4.2))
     ax, top = axes[0][0], blended_transform_factory(axes[0][0].transData, axes[0][0].transAxes)
-    marked = False
+    marked = set()
     for i, (label, rows) in enumerate(table.groupby("method", sort=False)):
         done = rows.dropna(subset=["fid_mean"])
         ax.plot(done["lr"], done["fid_mean"], marker="o", label=label, **styles[label])
-        for lr in rows.loc[rows["n_diverged"] > 0, "lr"]:
-            y = 0.97 - 0.06 * i
-            ax.plot([lr], [y], transform=top, marker="x", ms=10, mew=2.5, color="red", linestyle="none",
-                    clip_on=False, label="_diverged" if marked else "diverged")
-            marked = True
-            ax.annotate(label, (lr, y), xycoords=top, xytext=(6, -3), textcoords="offset points", fontsize=7)
+        for status, colour, column in (("diverged", "red", "n_diverged"), ("collapsed", "purple", "n_collapsed"),
+                                       ("sanitized", "orange", "nonfinite_steps")):
+            for lr in rows.loc[rows[column] > 0, "lr"]:
+                y = 0.97 - 0.06 * i
+                ax.plot([lr], [y], transform=top, marker=MARKERS[status], ms=10, mew=2.5, color=colour,
+                        linestyle="none", clip_on=False, fillstyle="none",
+                        label=f"_{status}" if status in marked else status)
+                marked.add(status)
+                ax.annotate(label, (lr, y), xycoords=top, xytext=(6, -3), textcoords="offset points", fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel(f"final {metric.name} (mean over finished seeds)")
-    ax.set_title("Learning-rate sweep: red x = at least one seed diverged at that lr", fontsize=10)
+    ax.set_title("Learning-rate sweep: at that lr a seed diverged (red x), collapsed (purple square) or had non-finite "
+                 "steps repaired (orange triangle)", fontsize=9)
     handles, labels = ax.get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=lambda k: labels[k] == "diverged")  # "diverged" last
+    order = sorted(range(len(labels)), key=lambda k: labels[k] in MARKERS)  # the marks last
     fig.legend([handles[k] for k in order], [labels[k] for k in order], loc="outside right center", fontsize=8)
     return fig, table
 

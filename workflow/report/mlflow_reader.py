@@ -36,7 +36,8 @@ class RunReader:
         self._histories: dict[tuple[str, str], list[tuple[int, float]]] = {}
 
     def run(self, run_id: str) -> dict:
-        """status ("finished", "diverged", "failed", or "unknown" without the tag), diverged_at, metric keys."""
+        """status ("finished", "diverged", "collapsed", "failed", or "unknown" without the tag), diverged_at, the
+        reason a run diverged or collapsed, its metric keys."""
         if run_id not in self._runs:
             from mlflow.exceptions import MlflowException
             try:
@@ -47,6 +48,9 @@ class RunReader:
             step = tags.get("diverged_at")
             self._runs[run_id] = dict(status=tags.get("status", "unknown").strip().lower(),
                                       diverged_at=int(float(step)) if step not in (None, "") else None,
+                                      reason=tags.get("reason", ""),
+                                      nonfinite_steps=int(tags.get("nonfinite_steps", 0) or 0),
+                                      first_nonfinite_step=int(tags.get("first_nonfinite_step", 0) or 0),
                                       keys=set(run.data.metrics))
         return self._runs[run_id]
 

@@ -25,7 +25,7 @@ def mean_ci(values) -> tuple[float, float, int]:
 
 def summarize_label(records, reader: RunReader, key: str) -> dict:
     """A label's seeds: headline `key` of its finished seeds, diverged steps, and other statuses counted."""
-    values, diverged, others = [], [], Counter()
+    values, diverged, others, collapse = [], [], Counter(), []
     for rec in records:
         run = reader.run(rec["run_id"])
         if run["status"] == "diverged":
@@ -38,8 +38,11 @@ def summarize_label(records, reader: RunReader, key: str) -> dict:
                 others[f"without {key}"] += 1
         else:
             others[run["status"]] += 1
+            if run["status"] == "collapsed":
+                collapse.append(run.get("reason", "").split(":")[0] or "degenerate samples")
     mean, half, n = mean_ci(values)
-    return dict(values=values, mean=mean, half=half, n=n, n_seeds=len(records), diverged=diverged, others=others)
+    return dict(values=values, mean=mean, half=half, n=n, n_seeds=len(records), diverged=diverged, others=others,
+                collapse=collapse)
 
 
 def _steps_text(steps) -> str:
@@ -49,11 +52,14 @@ def _steps_text(steps) -> str:
 
 
 def runs_text(summary: dict) -> str:
-    """How a label's seeds ended, e.g. '3/3 finished' or '2/3 diverged (steps 120, 340); 1/3 failed'."""
+    """How a label's seeds ended, e.g. '3/3 finished', '2/3 diverged (steps 120, 340); 1/3 failed' or
+    '1/1 collapsed (saturated)'."""
     n, parts = summary["n_seeds"], []
     if summary["diverged"]:
         parts.append(f"{len(summary['diverged'])}/{n} diverged ({_steps_text(summary['diverged'])})")
-    parts += [f"{k}/{n} {status}" for status, k in summary["others"].items()]
+    for status, k in summary["others"].items():
+        why = summary.get("collapse", []) if status == "collapsed" else []
+        parts.append(f"{k}/{n} {status}" + (f" ({', '.join(sorted(set(why)))})" if why else ""))
     return "; ".join(parts) or f"{n}/{n} finished"
 
 
@@ -72,8 +78,8 @@ def stat_text(summary: dict) -> str:
         return f"{num(summary['mean'])} (n=1)"
     if summary["diverged"] and not summary["others"]:
         return f"diverged at {_steps_text(summary['diverged'])}"
-    if set(summary["others"]) == {"failed"} and not summary["diverged"]:
-        return "failed"
+    if len(summary["others"]) == 1 and not summary["diverged"] and set(summary["others"]) <= {"failed", "collapsed"}:
+        return runs_text(summary).split(" ", 1)[1]  # 'failed', or 'collapsed (saturated)'
     return f"no finished seeds ({runs_text(summary)})"
 
 

@@ -13,7 +13,7 @@ class CIFAR10Testbed(Testbed):
     code; conditional labels as SiD draws them. During training: one trial (SiD's fid50k_full, generated covariance /
     N); at the end: a named protocol (sim_core/testbeds/cifar10/image_metrics.py: EDM's min of 3 seed ranges or SiD's
     mean ± std of 10)."""
-    kind = "cifar10"
+    data_range = (-1.0, 1.0)
 
     def __init__(self, D_teacher, meta, tb_cfg):
         super().__init__(D_teacher, meta)

@@ -12,6 +12,8 @@ TEACHER_DEFAULTS = dict(hidden=256, blocks=3, iterations=3000, batch_size=256, l
 
 
 class DigitsTestbed(Testbed):
+    data_range = (-1.0, 1.0)
+
     def __init__(self, D_teacher, meta, classifier: str | None):
         super().__init__(D_teacher, meta)
         self.classifier = classifier
