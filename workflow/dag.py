@@ -13,7 +13,8 @@ from sim_core.files import atomic_write_json
 from workflow.schema import ScaleConfig, load_scale
 from workflow.sweep import Sweep, expand_cached
 
-OVERRIDABLE = ("executor", "tracking_uri", "tracking_server_host", "results_dir", "runs_per_job", "resources",
+OVERRIDABLE = ("executor", "tracking_uri", "tracking_server_host", "tracking_server_port", "tracking_server_advertise",
+               "results_dir", "runs_per_job", "resources",
                "default_resources", "asset_files")
 MANAGED_SERVER = "server"  # tracking_uri value: an MLflow server this DAG starts (sim_core/tracking/server.py)
 _server_lock = threading.Lock()  # Snakemake runs rules as threads; the server's own lock is per process
@@ -26,7 +27,8 @@ def load(config: dict) -> tuple[ScaleConfig, Sweep, str]:
     path = config.get("scale_config", f"configs/scales/{scale_name}.yaml")
     bad = set(config) - {"scale", "scale_config", *OVERRIDABLE}
     if bad:
-        raise ConfigError(f"unknown --config key(s) {sorted(bad)}; valid: scale, scale_config, {', '.join(OVERRIDABLE)}")
+        valid = ", ".join(["scale", "scale_config", *OVERRIDABLE])
+        raise ConfigError(f"unknown --config key(s) {sorted(bad)}; valid: {valid}")
     S = load_scale(path)
     over = {k: config[k] for k in OVERRIDABLE if k in config}
     if over:
@@ -45,7 +47,9 @@ def load(config: dict) -> tuple[ScaleConfig, Sweep, str]:
             raise ConfigError(f"bad --config override: {format_error(e)}") from None
     uri = S.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
         f"sqlite:///{(Path(S.results_dir) / 'mlflow.db').resolve()}"
-    return S, expand_cached(S), uri
+    sweep = expand_cached(S)
+    check_tracking_target(S, uri)
+    return S, sweep, uri
 
 
 def launch_asset(S: ScaleConfig, name: str, out: str):
@@ -56,17 +60,29 @@ def launch_asset(S: ScaleConfig, name: str, out: str):
                            job_files=[str(Path(out).with_suffix(".job.json"))])
 
 
-def launch_group(S: ScaleConfig, SW: Sweep, group: str, uri: str):
+def launch_group(S: ScaleConfig, SW: Sweep, group: str, uri: str, marker: str | None = None):
+    """Train a job group: submit its job, or wait for the one still running from an earlier DAG (job.json), or
+    submit nothing when every run is done already (a job that ended while the DAG was not watching); then write
+    the group's marker."""
     from workflow.jobs import DistillJob
     from workflow.launch import submit_and_wait
     specs = [asdict(SW.runs[n]) for n in SW.groups[group]]
-    result = submit_and_wait(DistillJob(), (specs, job_tracking_uri(S, uri), S.final_eval_seeds, _threads(S),
-                                            S.final_eval_protocol), f"distill-{group}",
-                             Path(S.results_dir) / "submitit" / "distill", S.executor, S.job_resources("distill"),
-                             job_files=[str(Path(s["run_dir"]) / "job.json") for s in specs])
-    for rec in result:
+    done = [Path(s["run_dir"]) / "done.json" for s in specs]
+    if not all(p.exists() for p in done):
+        submit_and_wait(DistillJob(), (specs, job_tracking_uri(S, uri), S.final_eval_seeds, _threads(S),
+                                       S.final_eval_protocol), f"distill-{group}",
+                        Path(S.results_dir) / "submitit" / "distill", S.executor, S.job_resources("distill"),
+                        job_files=[str(Path(s["run_dir"]) / "job.json") for s in specs])
+    result = []
+    for s, p in zip(specs, done):
+        if not p.exists():
+            raise RuntimeError(f"the job of group {group} ended without finishing run {s['name']} ({p} is missing)")
+        rec = json.loads(p.read_text())
         if rec["status"] not in ("finished", "diverged", "collapsed"):
             raise RuntimeError(f"run {rec['name']} ended with status {rec['status']}")
+        result.append(rec)
+    if marker is not None:
+        atomic_write_json(marker, {"group": group, "runs": [r["name"] for r in result]})
     return result
 
 
@@ -101,7 +117,7 @@ def write_manifest(S: ScaleConfig, SW: Sweep, experiment: str, out: str) -> list
         done = json.loads((Path(run.run_dir) / "done.json").read_text())
         for m in run.memberships:
             if m["experiment"] == experiment:
-                records.append({**m, "name": run.name, "run_id": done["run_id"]})
+                records.append({**m, "name": run.name, "run_id": done["run_id"], "final_step": done["step"]})
     rows_file = Path(S.results_dir) / "teacher_rows" / f"{experiment}.json"
     if experiment in SW.teacher_rows and rows_file.exists():
         for rec in json.loads(rows_file.read_text()):
@@ -116,20 +132,45 @@ def server_dir(S: ScaleConfig) -> Path:
 
 
 def job_tracking_uri(S: ScaleConfig, uri: str) -> str:
-    """The URI the jobs log to. For the managed server: its URI, the server started again if it was stopped
-    since (same database under <results_dir>/mlflow-server; a new port if the old one was taken)."""
+    """What the jobs are told to log to. For the managed server: a "mlflow-server:<dir>" token, which a job
+    resolves when it starts (sim_core/tracking/server.py resolve_tracking_uri), so that a job requeued after the
+    server restarted finds it where it is now; the server is started here first if it is not running (same
+    database under <results_dir>/mlflow-server, the same port when it is free)."""
     if uri != MANAGED_SERVER:
         return uri
-    from sim_core.tracking.server import start_server
+    from sim_core.tracking.server import SERVER_TOKEN, start_server
     with _server_lock:
-        return start_server(server_dir(S), host=S.tracking_server_host)
+        start_server(server_dir(S), host=S.tracking_server_host, port=S.tracking_server_port,
+                     advertise=S.tracking_server_advertise)
+    return SERVER_TOKEN + str(server_dir(S).resolve())
+
+
+def check_tracking_target(S: ScaleConfig, uri: str) -> None:
+    """At DAG construction, before any job: an MLflow server named by URI must answer, and a sqlite store's
+    directory must be writable; one ConfigError line otherwise."""
+    if uri == MANAGED_SERVER:
+        return
+    if uri.startswith(("http://", "https://")):
+        from sim_core.tracking.client import TrackingError, probe_server
+        try:
+            probe_server(uri, timeout=5.0)  # /health only: the Snakefile is parsed at every call, mlflow not imported
+        except TrackingError as e:
+            raise ConfigError(f"tracking_uri: {e}") from None
+    elif uri.startswith("sqlite:///"):
+        from sim_core.errors import CheckpointError
+        from sim_core.files import check_output
+        try:
+            check_output(uri[len("sqlite:///"):], "the MLflow store")
+        except CheckpointError as e:
+            raise ConfigError(f"tracking_uri: {e}") from None
 
 
 def track_store(S: ScaleConfig, uri: str, out: str) -> None:
     """Create the sqlite store once (several jobs creating it at once fail), or check that a server answers,
     or start the managed server."""
     from sim_core.tracking.client import check_tracking
-    uri = job_tracking_uri(S, uri)
+    from sim_core.tracking.server import resolve_tracking_uri
+    uri = resolve_tracking_uri(job_tracking_uri(S, uri))
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     check_tracking(uri)

@@ -55,17 +55,19 @@ def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int],
 
     In a job with several tasks every task runs this: all of them train each run as one data-parallel group
     (sim_core/train/distributed.py); rank 0 alone evaluates, tracks and writes done.json."""
-    from sim_core.tracking.worker import BackgroundTracker, TrackerProcess
+    from sim_core.tracking.server import resolve_tracking_uri
+    from sim_core.tracking.worker import TrackerProcess
+    if _is_main_task():
+        tracking_uri = resolve_tracking_uri(tracking_uri)  # the managed server where it is now
     worker = TrackerProcess() if _is_main_task() else None  # starts importing MLflow while torch loads here
     import torch
     if threads:
         torch.set_num_threads(threads)
     from sim_core.train.config import parse_config
     from sim_core.train.distributed import from_environment
-    from sim_core.train.evaluate import evaluate_snapshot, latest_snapshot
     from sim_core.train.loop import distill
     from sim_core.train.provenance import git_state
-    from sim_core.train.run_dir import read_metrics
+    from sim_core.train.signals import StopSignals
     commit = git_state().get("commit") or ""
     join_process_group()
     dist = from_environment(specs[0]["config"].get("device", "cpu")) if specs else None
@@ -80,51 +82,18 @@ def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int],
         return []
     worker = worker or TrackerProcess()
     pending = []  # trackers of runs whose MLflow calls may still be queued
+    left = None   # the status record to leave with, when a stop signal came
     try:
-        for spec in specs:
-            cfg = parse_config(spec["config"])
-            run_dir = Path(spec["run_dir"])
-            done = run_dir / "done.json"
-            if done.exists():
-                continue
-            experiments = sorted({m["experiment"] for m in spec["memberships"]})
-            tags = dict(config_hash=cfg.hash(), git_commit=commit, scale=cfg.scale, status="running",
-                        job_id=_job_id(), experiments=",".join(experiments), testbed=cfg.testbed.kind,
-                        method=cfg.method.name, run_dir=str(run_dir.resolve()))
-            opened = []
-
-            def tracker():
-                opened.append(BackgroundTracker(run_dir, tracking_uri, spec["owner"], spec["name"],
-                                                cfg.to_dict(), tags, worker=worker))
-                return opened[-1]
-            t0 = time.perf_counter()
-            try:
-                status = distill(cfg, run_dir, tracker_factory=tracker, dist=dist)
-                tr = opened[-1] if opened else tracker()  # a run finished by an earlier job reopens its MLflow run
-                t1 = time.perf_counter()
-                final = {}
-                if status["status"] == "finished":
-                    final = evaluate_snapshot(cfg, latest_snapshot(run_dir), final_eval_seeds,
-                                              protocol=final_eval_protocol)
-            except Exception:
-                if opened:  # the MLflow run says 'failed'; the traceback reaches Snakemake
-                    opened[-1].finish({"status": "failed"})
-                    pending.append(opened[-1])
-                raise
-            t2 = time.perf_counter()
-            if status["status"] == "interrupted":
-                tr.finish(status)
-                pending.append(tr)
-                _leave_for_requeue(status, pending)
-            if final:
-                tr.log_metrics({f"final/{k}": v for k, v in final.items()}, step=cfg.train.iterations)
-            tr.log_artifacts(run_dir / "samples")
-            tr.finish(status)
-            record = {**status, "name": spec["name"], "final": final, "job_id": _job_id(),
-                      "metrics_logged": len(read_metrics(run_dir)),
-                      "seconds": {"distill": round(t1 - t0, 3), "final_eval": round(t2 - t1, 3)}}
-            tr.write_done(done, record)  # adds the run's MLflow id and its tracking seconds
-            pending.append(tr)
+        with StopSignals() as signals:  # between runs too: a requeue stops after the run in hand, never in its middle
+            for spec in specs:
+                if signals.received is not None:
+                    left = {"status": "interrupted", "signal": signals.name()}
+                    break
+                status = _run_one(spec, tracking_uri, final_eval_seeds, final_eval_protocol, worker, dist,
+                                  commit, pending)
+                if status["status"] == "interrupted":
+                    left = status
+                    break
     except BaseException:
         for tr in pending:  # let finished runs reach MLflow and their done.json; the first error wins
             try:
@@ -133,10 +102,67 @@ def run_group(specs: list[dict], tracking_uri: str, final_eval_seeds: list[int],
                 pass
         worker.stop(timeout=10)
         raise
+    if left is not None:
+        _leave_for_requeue(left, pending)
     for tr in pending:
         tr.close()
     worker.stop()
     return [json.loads((Path(s["run_dir"]) / "done.json").read_text()) for s in specs]
+
+
+def _run_one(spec, tracking_uri, final_eval_seeds, final_eval_protocol, worker, dist, commit, pending) -> dict:
+    """Train (or resume, or reopen) one run, evaluate it, and queue its MLflow calls: every record of its
+    metrics.jsonl that the store does not hold yet (metrics.jsonl is the source of truth: a run that ended while the
+    store was unreachable, or before a kill, is synced now), the final metrics once, its done.json last."""
+    from sim_core.tracking.worker import BackgroundTracker
+    from sim_core.train.config import parse_config
+    from sim_core.train.evaluate import evaluate_snapshot, latest_snapshot
+    from sim_core.train.loop import distill
+    from sim_core.train.run_dir import read_metrics
+    cfg = parse_config(spec["config"])
+    run_dir = Path(spec["run_dir"])
+    done = run_dir / "done.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    experiments = sorted({m["experiment"] for m in spec["memberships"]})
+    tags = dict(config_hash=cfg.hash(), git_commit=commit, scale=cfg.scale, status="running",
+                job_id=_job_id(), experiments=",".join(experiments), testbed=cfg.testbed.kind,
+                method=cfg.method.name, run_dir=str(run_dir.resolve()))
+    opened = []
+
+    def tracker():
+        opened.append(BackgroundTracker(run_dir, tracking_uri, spec["owner"], spec["name"], cfg.to_dict(), tags,
+                                        worker=worker))
+        return opened[-1]
+    t0 = time.perf_counter()
+    try:
+        status = distill(cfg, run_dir, tracker_factory=tracker, dist=dist)
+        tr = opened[-1] if opened else tracker()  # a run that ended in an earlier job reopens its MLflow run
+        t1 = time.perf_counter()
+        final = {}
+        if status["status"] == "finished":
+            final = evaluate_snapshot(cfg, latest_snapshot(run_dir), final_eval_seeds, protocol=final_eval_protocol)
+    except Exception:
+        if opened:  # the MLflow run says 'failed'; the traceback reaches Snakemake
+            opened[-1].finish({"status": "failed"})
+            pending.append(opened[-1])
+        raise
+    t2 = time.perf_counter()
+    if status["status"] == "interrupted":
+        tr.finish(status)
+        pending.append(tr)
+        return status
+    records = read_metrics(run_dir)
+    tr.log_records(records, max((r["step"] for r in records), default=0), strict=True)  # skips what it holds
+    if final:
+        tr.log_metrics({f"final/{k}": v for k, v in final.items()}, step=cfg.train.iterations)
+    tr.log_artifacts(run_dir / "samples")
+    tr.finish(status)
+    record = {**status, "name": spec["name"], "final": final, "job_id": _job_id(), "metrics_logged": len(records),
+              "seconds": {"distill": round(t1 - t0, 3), "final_eval": round(t2 - t1, 3)}}
+    tr.write_done(done, record)  # adds the run's MLflow id and its tracking seconds, once the store holds it all
+    pending.append(tr)
+    return status
 
 
 def _is_main_task() -> bool:
@@ -178,7 +204,9 @@ def aggregate(target: str, manifest: str, tracking_uri: str, out_dir: str) -> li
     import contextlib
     import io
 
+    from sim_core.tracking.server import resolve_tracking_uri
     from workflow.report.__main__ import main
+    tracking_uri = resolve_tracking_uri(tracking_uri)
     err, out = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         code = main([target, "--manifest", manifest, "--tracking-uri", tracking_uri, "--out-dir", out_dir])
@@ -199,7 +227,9 @@ def teacher_rows(records: list[dict], tracking_uri: str, eval_cfg: dict, out: st
 
     from sim_core.testbeds import TESTBEDS, load_testbed
     from sim_core.tracking.client import ensure_experiment
+    from sim_core.tracking.server import resolve_tracking_uri
     from sim_core.train.config import EvalConfig
+    tracking_uri = resolve_tracking_uri(tracking_uri)
     ecfg = EvalConfig(**eval_cfg)
     client = MlflowClient(tracking_uri)
     done = []

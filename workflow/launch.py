@@ -28,6 +28,21 @@ def _reattach(job_files, folder, cluster):
     return None
 
 
+def slurm_parameters(r) -> dict:
+    """submitit's SLURM parameters for a Resources entry (workflow/schema.py)."""
+    params = dict(cpus_per_task=r.cpus_per_task, mem_gb=r.mem_gb, nodes=r.nodes)
+    if r.gpus_per_node:
+        params["slurm_gres"] = f"gpu:{r.gpu_type}:{r.gpus_per_node}" if r.gpu_type else f"gpu:{r.gpus_per_node}"
+    for key in ("partition", "account", "qos", "constraint"):
+        if getattr(r, key):
+            params[f"slurm_{key}"] = getattr(r, key)
+    if r.sbatch_extra:
+        params["slurm_additional_parameters"] = dict(r.sbatch_extra)
+    if r.setup:
+        params["slurm_setup"] = list(r.setup)
+    return params
+
+
 def submit_and_wait(fn, args: tuple, name: str, folder, cluster: str = "local", resources=None, job_files=()):
     """Run fn(*args) as a submitit job and return its result; a remote failure raises with its traceback."""
     import submitit
@@ -39,13 +54,7 @@ def submit_and_wait(fn, args: tuple, name: str, folder, cluster: str = "local", 
         ex = submitit.AutoExecutor(folder=folder, cluster=cluster, **ctor)
         params = dict(timeout_min=r.timeout_min if r else 60, name=name, tasks_per_node=r.tasks_per_node if r else 1)
         if cluster == "slurm" and r is not None:
-            params.update(cpus_per_task=r.cpus_per_task, mem_gb=r.mem_gb)
-            if r.gpus_per_node:
-                params["slurm_gres"] = f"gpu:{r.gpus_per_node}"
-            if r.partition:
-                params["slurm_partition"] = r.partition
-            if r.account:
-                params["slurm_account"] = r.account
+            params.update(slurm_parameters(r))
         ex.update_parameters(**params)
         job = ex.submit(fn, *args)
         record = {"job_id": str(job.job_id), "cluster": cluster, "folder": str(folder.resolve()),

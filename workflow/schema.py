@@ -2,7 +2,7 @@
 bad value fails before anything runs, with one line naming the key."""
 from __future__ import annotations
 
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
@@ -100,13 +100,27 @@ class Resources(Strict):
     """Per-job resources of one kind of job. SLURM uses all of them; the local executor only timeout_min and
     tasks_per_node (data-parallel processes on this machine)."""
     timeout_min: int = Field(60, ge=1)
-    tasks_per_node: int = Field(1, ge=1)     # processes per job: one per GPU for data-parallel distillation
+    nodes: int = Field(1, ge=1)              # a distillation run spans nodes x tasks_per_node processes
+    tasks_per_node: int = Field(1, ge=1)     # processes per node: one per GPU for data-parallel distillation
     cpus_per_task: int = Field(1, ge=1)
-    gpus_per_node: int = Field(0, ge=0)      # requested as --gres=gpu:N
+    gpus_per_node: int = Field(0, ge=0)      # requested as --gres=gpu:N, or gpu:TYPE:N with gpu_type
+    gpu_type: Optional[str] = None           # e.g. a100: --gres=gpu:a100:N
     mem_gb: float = Field(4, gt=0)
     partition: Optional[str] = None
     account: Optional[str] = None
+    qos: Optional[str] = None                # --qos
+    constraint: Optional[str] = None         # --constraint, e.g. "a100&ib"
+    sbatch_extra: dict[str, Union[str, int, bool]] = Field(default_factory=dict)  # more #SBATCH options:
+    #                                          {reservation: r1, exclusive: true} -> --reservation=r1 --exclusive
+    setup: list[str] = Field(default_factory=list)  # shell lines run before the job: module load, conda activate
     max_requeues: int = Field(3, ge=0)       # time limits a Checkpointable job may hit before it fails for good
+
+    @field_validator("gpu_type", "qos", "constraint", "partition", "account")
+    @classmethod
+    def _one_word(cls, v):
+        if v is not None and (not v or any(c.isspace() for c in v)):
+            raise ValueError(f"must be one word without spaces, got {v!r}")
+        return v
 
 
 class ScaleConfig(Strict):
@@ -115,7 +129,11 @@ class ScaleConfig(Strict):
     tracking_uri: Optional[str] = None      # None: sqlite:///<results_dir>/mlflow.db, created once before jobs;
     # "server": an MLflow server the DAG starts under <results_dir>/mlflow-server (for clusters: many jobs logging at
     # once); or any MLflow URI
-    tracking_server_host: str = "127.0.0.1"  # where the managed server listens; 0.0.0.0 when jobs run on other nodes
+    tracking_server_host: str = "127.0.0.1"  # where the managed server listens: loopback unless jobs run on other
+    #                                         nodes (then 0.0.0.0 or the internal interface; docs/environment.md)
+    tracking_server_port: int = Field(0, ge=0, le=65535)  # 0: a free port, kept across restarts while it is free
+    tracking_server_advertise: Optional[str] = None  # the name jobs reach the server by; None: the bound address
+    #                                                  (the FQDN of this machine when bound to all interfaces)
     executor: Literal["local", "slurm"] = "local"
     runs_per_job: int = Field(1, ge=1)      # sweep points run one after another in one submitit job
     final_eval_seeds: list[int] = Field(default_factory=lambda: [1000])
@@ -161,7 +179,7 @@ class ScaleConfig(Strict):
 
     def job_resources(self, kind: str) -> Resources:
         """Resources of one kind of job: default_resources, then resources, key by key."""
-        merged = {**self.default_resources[kind].model_dump(exclude_unset=True)} if kind in self.default_resources else {}
+        merged = self.default_resources[kind].model_dump(exclude_unset=True) if kind in self.default_resources else {}
         if kind in self.resources:
             merged.update(self.resources[kind].model_dump(exclude_unset=True))
         return Resources(**merged)

@@ -63,6 +63,17 @@ class Sweep:
     def group_done_files(self, group: str) -> list:
         return [str(Path(self.runs[n].run_dir) / "done.json") for n in self.groups[group]]
 
+    def group_marker(self, group: str, results_dir) -> str:
+        """The file the DAG tracks for a job group, written once every run of it is done. Its name carries a hash of
+        the group's runs, so a group whose runs change is a new output. The runs' own done.json files are not
+        Snakemake outputs: a DAG killed while a job runs (and rerun with rerun-incomplete) deletes nothing."""
+        digest = hashlib.sha256("\n".join(self.groups[group]).encode()).hexdigest()[:8]
+        return str(Path(results_dir) / "groups" / f"{group}-{digest}.json")
+
+    def experiment_markers(self, experiment: str, results_dir) -> list:
+        groups = {r.group for r in self.experiment_runs(experiment)}
+        return sorted(self.group_marker(g, results_dir) for g in groups)
+
     def group_inputs(self, group: str) -> list:
         return sorted({f for n in self.groups[group] for f in self.runs[n].inputs})
 

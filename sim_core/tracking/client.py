@@ -25,18 +25,23 @@ def default_tracking_uri(results_dir="results") -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
 
+def probe_server(uri: str, timeout: float = 10.0) -> None:
+    """An MLflow server must answer /health: one TrackingError line otherwise."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status != 200:
+                raise TrackingError(f"tracking server {uri} is unhealthy: /health answered {r.status}")
+    except (urllib.error.URLError, OSError) as e:
+        raise TrackingError(f"tracking store {uri} is unreachable: {getattr(e, 'reason', e)}") from None
+
+
 def check_tracking(uri: str, timeout: float = 10.0) -> None:
     """Fail with one line if the tracking store cannot be reached (before any job starts). A server is
     probed at /health first: MLflow's client retries a dead server with backoff for ~4 minutes."""
     if uri.startswith(("http://", "https://")):
-        import urllib.error
-        import urllib.request
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-                if r.status != 200:
-                    raise TrackingError(f"tracking server {uri} is unhealthy: /health answered {r.status}")
-        except (urllib.error.URLError, OSError) as e:
-            raise TrackingError(f"tracking store {uri} is unreachable: {getattr(e, 'reason', e)}") from None
+        probe_server(uri, timeout)
     from mlflow.tracking import MlflowClient
     try:
         MlflowClient(uri).search_experiments(max_results=1)
@@ -99,6 +104,16 @@ class MLflowTracker:
                 self.client.update_run(self.run_id, status="RUNNING")
                 return
             exp_id = ensure_experiment(self.client, experiment, tracking_uri)
+            orphan = self._orphan(exp_id, tags.get("run_dir"))
+            if orphan is not None:  # created by a job killed before it wrote mlflow.json: take it over
+                self.run_id = orphan
+                self.client.update_run(self.run_id, status="RUNNING")
+                self.synced_step, self.pending = -1, []
+                self.stored = {(key, m.step) for key in self.client.get_run(orphan).data.metrics
+                               for m in self.client.get_metric_history(orphan, key)}
+                atomic_write_json(id_file, {"run_id": self.run_id, "experiment": experiment,
+                                            "tracking_uri": tracking_uri})
+                return
             run = self.client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
             self.run_id = run.info.run_id
             params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(params).items())]
@@ -116,10 +131,19 @@ class MLflowTracker:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(id_file, {"run_id": self.run_id, "experiment": experiment, "tracking_uri": tracking_uri})
 
-    def log_records(self, records: list[dict], up_to_step: int) -> None:
+    def _orphan(self, exp_id: str, run_dir) -> str | None:
+        """The MLflow run of this run directory that a killed job created but never recorded in mlflow.json."""
+        if not run_dir:
+            return None
+        found = self.client.search_runs([exp_id], filter_string=f"tags.run_dir = '{run_dir}'", max_results=2)
+        return found[0].info.run_id if found else None
+
+    def log_records(self, records: list[dict], up_to_step: int, strict: bool = False) -> None:
         """Take over ``records``; log those with synced_step < step <= up_to_step in batches, then remember
         up_to_step. If the store fails, they stay pending and the next call retries those the store does not
-        hold yet (each batch is committed on its own, and the synced_step tag after them)."""
+        hold yet (each batch is committed on its own, and the synced_step tag after them). During training a failure
+        is a warning (metrics.jsonl keeps everything); with ``strict`` (a run's last sync, before its done.json) it
+        is a TrackingError."""
         from mlflow.entities import Metric, RunTag
         self.pending = self.pending + [r for r in records if r["step"] > self.synced_step]
         now = int(time.time() * 1000)
@@ -133,6 +157,10 @@ class MLflowTracker:
                 self.stored.update((m.key, m.step) for m in batch)
             self.client.log_batch(self.run_id, tags=[RunTag("synced_step", str(up_to_step))])
         except Exception as e:  # keep training: metrics.jsonl has everything, the next sync retries
+            if strict:
+                raise TrackingError(f"MLflow logging to {self.uri} failed: {str(e).splitlines()[0][:200]}; run the "
+                                    "same command again once the store answers: metrics.jsonl holds everything") \
+                    from None
             warnings.warn(f"MLflow logging failed, will retry at the next checkpoint: {str(e)[:200]}")
             return
         self.synced_step = up_to_step
@@ -140,11 +168,13 @@ class MLflowTracker:
         self.stored = {ks for ks in self.stored if ks[1] > up_to_step}
 
     def log_metrics(self, metrics: dict, step: int) -> None:
-        """Log one set of values at ``step`` regardless of the sync point (the final evaluation)."""
+        """Log one set of values at ``step`` regardless of the sync point (the final evaluation), once: keys the
+        run holds already (logged by a job killed before its done.json) are not logged again."""
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
+        held = set(self.client.get_run(self.run_id).data.metrics)
         batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and k not in held]
         for i in range(0, len(batch), MAX_BATCH):
             self.client.log_batch(self.run_id, metrics=batch[i:i + MAX_BATCH])
 

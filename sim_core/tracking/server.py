@@ -14,8 +14,10 @@ process group (SIGTERM, then SIGKILL) and removes server.json.
 
 Measured on the 2-core machine (docs/environment.md#mlflow): ``--workers 1`` and
 ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`` (no job-runner processes) start in ~8-12 s; more workers only
-make each request slower there. To serve cluster nodes, bind ``--host 0.0.0.0``: the URI then names this
-machine by its host name, which is added to the server's allowed Host headers.
+make each request slower there. It listens on loopback unless told otherwise. To serve cluster nodes, bind
+``--host 0.0.0.0`` (or the internal interface's address): the URI then names this machine by its fully qualified
+name, or by ``--advertise NAME``, which is added to the server's allowed Host headers. It has no authentication:
+expose it only on a network you trust (docs/environment.md#multi-node-clusters).
 """
 from __future__ import annotations
 
@@ -154,6 +156,22 @@ def _read_state(d: Path) -> dict | None:
     return state
 
 
+SERVER_TOKEN = "mlflow-server:"  # what jobs get instead of a URI: "mlflow-server:<dir>", read when they start
+
+
+def resolve_tracking_uri(uri: str) -> str:
+    """A tracking URI, or the current address of the managed server named by a "mlflow-server:<dir>" token: a job
+    requeued after the server restarted (perhaps on another port) logs to where it is now."""
+    if not uri.startswith(SERVER_TOKEN):
+        return uri
+    d = uri[len(SERVER_TOKEN):]
+    current = server_uri(d)
+    if current is None:
+        raise TrackingError(f"the MLflow server of {d} is not running (start it with `python -m "
+                            f"sim_core.tracking.server start --dir {d}` or rerun the DAG, which starts it)")
+    return current
+
+
 def server_uri(dir) -> str | None:
     """The URI of the server recorded in DIR/server.json if its process is alive and answers /health."""
     state = _read_state(Path(dir).resolve())
@@ -163,11 +181,11 @@ def server_uri(dir) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------- start/stop
-def _connect_host(host: str) -> str:
-    """The name clients use: the bound address, or this machine's host name when bound to all interfaces."""
-    if host in WILDCARD_HOSTS:
-        return socket.gethostname()
-    return f"[{host}]" if ":" in host else host
+def _connect_host(host: str, advertise: str | None = None) -> str:
+    """The name clients use: ``advertise`` when given, else the bound address, or this machine's fully qualified
+    name when bound to all interfaces (a short host name may not resolve on other nodes)."""
+    name = advertise or (socket.getfqdn() if host in WILDCARD_HOSTS else host)
+    return f"[{name}]" if ":" in name else name
 
 
 def _family(host: str) -> int:
@@ -192,13 +210,22 @@ def _check_port(host: str, port: int) -> None:
                                 f"({e.strerror or e})") from None
 
 
-def _allowed_hosts(host: str, port: int) -> list[str]:
+def _port_free(host: str, port: int) -> bool:
+    try:
+        _check_port(host, port)
+        return True
+    except TrackingError:
+        return False
+
+
+def _allowed_hosts(host: str, port: int, advertise: str | None = None) -> list[str]:
     """MLflow rejects Host headers other than localhost and private IPs (DNS-rebinding protection): when it
-    listens on all interfaces, also accept this machine's names, which is what cluster nodes will send."""
-    if host not in WILDCARD_HOSTS:
+    listens on all interfaces or is advertised under a name, also accept this machine's names and that one, which
+    is what cluster nodes will send."""
+    if host not in WILDCARD_HOSTS and not advertise:
         return []
     from mlflow.server.security_utils import get_default_allowed_hosts
-    names = {socket.gethostname(), socket.getfqdn()}
+    names = {socket.gethostname(), socket.getfqdn()} | ({advertise} if advertise else set())
     with contextlib.suppress(OSError):  # and its addresses, for clients that connect by IP
         names.update(socket.gethostbyname_ex(socket.gethostname())[2])
     return get_default_allowed_hosts() + sorted(n for name in names for n in (name, f"{name}:{port}"))
@@ -226,13 +253,17 @@ def _kill_group(pgid: int, timeout: float = STOP_TIMEOUT) -> None:
 
 
 def start_server(dir="results", host: str = "127.0.0.1", port: int = 0, workers: int = 1,
-                 timeout: float = START_TIMEOUT) -> str:
+                 timeout: float = START_TIMEOUT, advertise: str | None = None) -> str:
     """Start (or reuse) the tracking server of ``dir``; return its URI once it answers /health. A reused
-    server keeps the host, port and workers it was started with."""
+    server keeps the host, port and workers it was started with. ``port`` 0 takes the port of the last server of
+    ``dir`` when it is free (so that a restarted server keeps its address), else any free port. ``advertise`` is the
+    name clients reach it by (default: the bound address; this machine's FQDN when bound to all interfaces)."""
     d = Path(dir).resolve()
+    previous_port = 0
     with _locked(d):
         state = _read_state(d)
         if state is not None:
+            previous_port = int(state.get("port", 0))
             pid = int(state["pid"])
             if _alive(pid):
                 if _health(state["uri"], timeout=5.0):
@@ -245,11 +276,13 @@ def start_server(dir="results", host: str = "127.0.0.1", port: int = 0, workers:
 
         if importlib.util.find_spec("mlflow") is None:
             raise TrackingError(f"cannot start the MLflow server: mlflow is not installed for {sys.executable}")
+        if port == 0 and previous_port and _port_free(host, previous_port):
+            port = previous_port
         if port == 0:
             port = _free_port(host)
         else:
             _check_port(host, port)
-        uri = f"http://{_connect_host(host)}:{port}"
+        uri = f"http://{_connect_host(host, advertise)}:{port}"
         (d / "artifacts").mkdir(exist_ok=True)
         # Artifacts are proxied (--serve-artifacts --artifacts-destination), not written by clients to a
         # --default-artifact-root path: new experiments get the root ``mlflow-artifacts:/``, so clients upload
@@ -261,7 +294,7 @@ def start_server(dir="results", host: str = "127.0.0.1", port: int = 0, workers:
                "--backend-store-uri", f"sqlite:///{d / 'mlflow.db'}",
                "--serve-artifacts", "--artifacts-destination", str(d / "artifacts"),
                "--host", host, "--port", str(port), "--workers", str(workers)]
-        if allowed := _allowed_hosts(host, port):
+        if allowed := _allowed_hosts(host, port, advertise):
             cmd += ["--allowed-hosts", ",".join(allowed)]
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", PYTHONUNBUFFERED="1")
         log = d / LOG_FILE
@@ -324,10 +357,11 @@ def main(argv=None) -> int:
             s.add_argument("--port", type=int, default=0, help="0: pick a free port")
             s.add_argument("--workers", type=int, default=1)
             s.add_argument("--timeout", type=float, default=START_TIMEOUT, help="seconds to wait for /health")
+            s.add_argument("--advertise", help="the name clients reach it by (default: the bound address)")
     a = p.parse_args(argv)
     try:
         if a.command == "start":
-            print(start_server(a.dir, a.host, a.port, a.workers, a.timeout), flush=True)
+            print(start_server(a.dir, a.host, a.port, a.workers, a.timeout, a.advertise), flush=True)
         elif a.command == "stop":
             if not stop_server(a.dir):
                 print(f"no MLflow server recorded in {Path(a.dir).resolve() / STATE_FILE}", file=sys.stderr)

@@ -132,7 +132,8 @@ class TrackerProcess:
                 got, err, busy = self.replies.get(timeout=remaining if remaining is not None else 5.0)
             except queue.Empty:
                 if not self.process.is_alive():
-                    raise TrackingError(f"the MLflow tracker process died (exit code {self.process.exitcode})") from None
+                    code = self.process.exitcode
+                    raise TrackingError(f"the MLflow tracker process died (exit code {code})") from None
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TrackingError(f"MLflow calls still running after {timeout} s") from None
                 continue
@@ -168,8 +169,8 @@ class BackgroundTracker:
         self.busy_seconds = 0.0  # time this run's MLflow calls took on the worker, known after close()
         self._worker.submit(self.key, "create", args, kwargs)
 
-    def log_records(self, records: list[dict], up_to_step: int) -> None:
-        self._worker.submit(self.key, "log_records", list(records), up_to_step)  # the caller clears its list
+    def log_records(self, records: list[dict], up_to_step: int, strict: bool = False) -> None:
+        self._worker.submit(self.key, "log_records", list(records), up_to_step, strict)  # the caller clears its list
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         self._worker.submit(self.key, "log_metrics", dict(metrics), step)

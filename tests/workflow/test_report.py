@@ -368,3 +368,18 @@ def test_ratio_claim_checks_the_kept_fraction_against_the_cis(row, ref, verdict)
     assert f"SIM keeps {100 * row[0] / ref[0]:.1f}% of Teacher's aesthetic score (paper: >= 99.6%)" in text
     if verdict == "contradicts paper":
         assert text.endswith("95% CIs below the threshold")
+
+
+def test_a_run_whose_history_mlflow_lacks_is_marked_not_averaged(tmp_path):
+    """A run whose synced_step is short of its last step (a tracking outage) is counted as incomplete, left out of
+    the mean, and not drawn; the others are unaffected."""
+    from workflow.report.mlflow_reader import RunReader
+    from workflow.report.stats import runs_text, summarize_label
+    s = Store(tmp_path / "m.db")
+    for seed, synced in enumerate((400, 400, 200)):
+        s.record("table1", "SIM", "sim", s.run(2.0 + seed, synced_step=synced), seed, final_step=400)
+    reader = RunReader(s.uri)
+    summary = summarize_label(s.records, reader, "fid")
+    assert summary["values"] == [2.0, 3.0] and runs_text(summary) == "1/3 incomplete in MLflow"
+    fig = figures.build_fid_convergence([{**r, "experiment": "figure2", "lr": 1e-4} for r in s.records], s.uri)
+    assert "incomplete in MLflow, not drawn 1/3 at lr=1e-4" in fig.legends[0].get_texts()[0].get_text()

@@ -68,8 +68,8 @@ def curve(records, reader: RunReader, key: str):
     series, marks = [], []
     for rec in records:
         run = reader.run(rec["run_id"])
-        if run["status"] not in ("finished", "diverged", "collapsed"):
-            continue
+        if run["status"] not in ("finished", "diverged", "collapsed") or not reader.complete(rec):
+            continue  # an incomplete history is not drawn: the legend says how many
         hist = dict(reader.history(rec["run_id"], f"eval/{key}"))
         values = pd.Series(list(hist.values()), index=list(hist.keys()), dtype=float)
         series.append(values)
@@ -98,10 +98,11 @@ def draw_curve(ax, records, reader: RunReader, key: str, style: dict):
 def _legend_label(label: str, records, reader: RunReader) -> str:
     """The label, plus how many seeds diverged, collapsed or failed at which learning rate."""
     notes = []
-    for status in ("diverged", "collapsed", "failed"):
+    for status in ("diverged", "collapsed", "failed", "incomplete in MLflow, not drawn"):
         for lr in sorted({r["lr"] for r in records}, reverse=True):
             at_lr = [r for r in records if r["lr"] == lr]
-            k = sum(reader.run(r["run_id"])["status"] == status for r in at_lr)
+            k = sum((not reader.complete(r)) if status.startswith("incomplete") else
+                    reader.run(r["run_id"])["status"] == status for r in at_lr)
             if k:
                 notes.append(f"{status} {k}/{len(at_lr)} at lr={lr_text(lr)}")
     return label + (f" ({'; '.join(notes)})" if notes else "")

@@ -51,6 +51,7 @@ class RunReader:
                                       reason=tags.get("reason", ""),
                                       nonfinite_steps=int(tags.get("nonfinite_steps", 0) or 0),
                                       first_nonfinite_step=int(tags.get("first_nonfinite_step", 0) or 0),
+                                      synced_step=int(tags["synced_step"]) if "synced_step" in tags else None,
                                       keys=set(run.data.metrics))
         return self._runs[run_id]
 
@@ -63,6 +64,12 @@ class RunReader:
                 hist = [(m.step, m.value if finite(m.value) else math.nan) for m in metrics]
             self._histories[(run_id, key)] = hist
         return self._histories[(run_id, key)]
+
+    def complete(self, record: dict) -> bool:
+        """Whether MLflow holds the run's whole history: its synced_step reached the run's last step (records
+        without a last step, and runs not synced step by step, such as the teacher rows, count as complete)."""
+        synced, last = self.run(record["run_id"])["synced_step"], record.get("final_step")
+        return synced is None or last is None or synced >= last
 
     def headline(self, run_id: str, key: str) -> float:
         """final/<key> if logged, else the last eval/<key>; NaN when neither exists."""

@@ -28,7 +28,9 @@ def summarize_label(records, reader: RunReader, key: str) -> dict:
     values, diverged, others, collapse = [], [], Counter(), []
     for rec in records:
         run = reader.run(rec["run_id"])
-        if run["status"] == "diverged":
+        if not reader.complete(rec):  # never averaged in: MLflow lacks part of its history
+            others["incomplete in MLflow"] += 1
+        elif run["status"] == "diverged":
             diverged.append(run["diverged_at"])
         elif run["status"] == "finished":
             value = reader.headline(rec["run_id"], key)

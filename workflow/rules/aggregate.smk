@@ -2,7 +2,7 @@
 # Each is a submitit job (`aggregate` resources on SLURM) running workflow/report in its own process.
 
 def experiment_inputs(experiment):
-    files = SW.done_files(experiment) + [f"{R}/tracking.json"]
+    files = SW.experiment_markers(experiment, R) + [f"{R}/tracking.json"]
     if experiment in SW.teacher_rows:
         files.append(f"{R}/teacher_rows/{experiment}.json")
     return files

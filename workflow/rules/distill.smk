@@ -1,5 +1,6 @@
 # One rule per submitit job group of distillation runs (configs/scales/*.yaml: runs_per_job), and the
-# teacher rows of each table. A run's done.json appears when it has finished (or diverged) and been evaluated.
+# teacher rows of each table. A run's done.json appears when it has ended (finished, diverged or collapsed), been
+# evaluated and MLflow holds all of it; the group's marker (the rule's output) when every run of the group has one.
 
 def job_resources(kind):
     """What each submitit job asks for (workflow/schema.py Resources), shown by `snakemake -n` as the rule's
@@ -13,13 +14,13 @@ for _group in SW.groups:
     rule:
         name: f"distill_{_group.replace('-', '_')}"
         input: SW.group_inputs(_group) + [f"{R}/tracking.json"]  # built assets, or the verified downloads
-        output: SW.group_done_files(_group)
+        output: SW.group_marker(_group, R)
         params: group=_group
         threads: 1
         resources: **job_resources("distill")
         priority: len(SW.groups[_group])  # longest jobs first, so that no long job ends up running alone
         run:
-            dag.launch_group(S, SW, params.group, TRACKING_URI)
+            dag.launch_group(S, SW, params.group, TRACKING_URI, output[0])
 
 
 rule teacher_rows:
