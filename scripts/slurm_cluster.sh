@@ -230,8 +230,39 @@ make_dirs() {
     chmod 750 "$DB_DIR"
 }
 
+# Loopback only. The daemons bind every interface unless told NoCtldInAddrAny (slurmctld) / NoInAddrAny (slurmd,
+# slurmdbd), and then bind the first IPv4 address this machine's hostname resolves to. Where that is not a loopback
+# address (a container whose hostname maps to its bridge IP), they run in a UTS namespace whose hostname is
+# localhost; where namespaces are refused too (no CAP_SYS_ADMIN), they bind every interface and `up` says so.
+choose_binding() {
+    local addr
+    addr=$(getent ahostsv4 "$(hostname)" 2>/dev/null | awk 'NR == 1 {print $1}' || true)
+    if [[ $addr == 127.* ]]; then
+        BIND=loopback
+    elif unshare --uts sh -c 'hostname localhost' 2>/dev/null &&
+        [[ $(getent ahostsv4 localhost | awk 'NR == 1 {print $1}') == 127.* ]]; then
+        BIND=namespace
+    else
+        BIND=any
+        log "warning: hostname $(hostname) resolves to ${addr:-nothing}, not loopback, and no UTS namespace can be" \
+            "made: the SLURM daemons listen on every interface"
+    fi
+}
+
+# Start a daemon (it forks itself) with the hostname choose_binding asked for.
+start_bound() {
+    if [[ $BIND == namespace ]]; then
+        unshare --uts sh -c 'hostname localhost && exec "$@"' sh "$@"
+    else
+        "$@"
+    fi
+}
+
 write_configs() {
-    local hw cpus sockets cores threads mem defmem dbpass overrides=
+    local hw cpus sockets cores threads mem defmem dbpass overrides= comm= dbdcomm=
+    if [[ $BIND != any ]]; then
+        comm=CommunicationParameters=NoCtldInAddrAny,NoInAddrAny dbdcomm=CommunicationParameters=NoInAddrAny
+    fi
     # The node must declare what slurmd detects, else slurmd registers with different hardware and the node turns
     # INVAL (docs/environment.md#slurm: "node named localhost with the CPUs/memory that slurmd -C reports") -- unless
     # slurmd is told to report the configured hardware instead (config_overrides, below).
@@ -267,6 +298,8 @@ write_configs() {
 ClusterName=$CLUSTER
 SlurmctldHost=localhost
 SlurmctldPort=$CTLD_PORT
+# Loopback only where choose_binding could arrange it ('$BIND' on this machine).
+${comm}
 SlurmdPort=$SLURMD_PORT
 # Daemons run as root: nothing to chown, and slurmd must be root anyway.
 SlurmUser=root
@@ -350,6 +383,7 @@ AuthType=auth/munge
 AuthInfo=socket=$MUNGE_SOCKET
 DbdHost=localhost
 DbdPort=$DBD_PORT
+${dbdcomm}
 SlurmUser=root
 PidFile=$RUN/slurmdbd.pid
 LogFile=$LOG/slurmdbd.log
@@ -436,7 +470,7 @@ start_mariadbd() {
 
 start_slurmdbd() {
     mark_log slurmdbd
-    slurmdbd 9>&- || die "slurmdbd failed to start (see ${LOGFILE[slurmdbd]})"
+    start_bound slurmdbd 9>&- || die "slurmdbd failed to start (see ${LOGFILE[slurmdbd]})"
     # The first start creates the accounting tables; sacctmgr answers once slurmdbd serves requests.
     local deadline=$(($(date +%s) + 90))
     until sacctmgr -n -P list cluster format=cluster >/dev/null 2>&1; do
@@ -471,7 +505,7 @@ setup_accounting() {
 
 start_slurmctld() {
     mark_log slurmctld
-    slurmctld 9>&- || die "slurmctld failed to start (see ${LOGFILE[slurmctld]})"
+    start_bound slurmctld 9>&- || die "slurmctld failed to start (see ${LOGFILE[slurmctld]})"
     local deadline=$(($(date +%s) + 30))
     until scontrol ping 2>/dev/null | grep -q 'is UP'; do
         require_alive slurmctld
@@ -480,10 +514,25 @@ start_slurmctld() {
     done
 }
 
+# Jobs from a previous life of this cluster (a machine restart, or a kill -9 that skipped 'down') have no
+# processes left. Those slurmctld restores from its state dir would keep the node from ever being idle: cancel
+# them before slurmd registers. Those it never saved stay RUNNING in the database ("runaway"): close them there,
+# so that sacct tells the truth.
+forget_previous_jobs() {
+    local ids
+    ids=$(squeue -h -o %A 2>/dev/null || true)
+    if [[ -n $ids ]]; then
+        log "cancelling jobs left from a previous start: ${ids//$'\n'/ }"
+        # shellcheck disable=SC2086
+        scancel $ids 2>/dev/null || true
+    fi
+    timeout 30 sacctmgr -i list runawayjobs >>"$LOG/sacctmgr.log" 2>&1 || true
+}
+
 start_slurmd() {
     # -N localhost: the node is named localhost whatever this machine's hostname is.
     mark_log slurmd
-    slurmd -N localhost 9>&- || die "slurmd failed to start (see ${LOGFILE[slurmd]})"
+    start_bound slurmd -N localhost 9>&- || die "slurmd failed to start (see ${LOGFILE[slurmd]})"
     local deadline=$(($(date +%s) + 30)) st resumed=0 started
     while :; do
         require_alive slurmd
@@ -574,12 +623,14 @@ cmd_up() {
         ! port_in_use "$p" || die "port $p on 127.0.0.1 is in use (set SIM_SLURM_DB_PORT / SIM_SLURM_PORT)"
     done
     make_dirs
+    choose_binding
     write_configs
     start_munged
     start_mariadbd
     start_slurmdbd
     setup_accounting
     start_slurmctld
+    forget_previous_jobs
     start_slurmd
     wait_for 20 "sacct" sacct -n -X -S now-1minutes
     self_test

@@ -47,8 +47,8 @@ def load(config: dict) -> tuple[ScaleConfig, Sweep, str]:
             raise ConfigError(f"bad --config override: {format_error(e)}") from None
     uri = S.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
         f"sqlite:///{(Path(S.results_dir) / 'mlflow.db').resolve()}"
+    check_tracking_target(S, uri)  # before the sweep's cache is written under results_dir
     sweep = expand_cached(S)
-    check_tracking_target(S, uri)
     return S, sweep, uri
 
 

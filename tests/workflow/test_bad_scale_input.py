@@ -92,6 +92,10 @@ OVERRIDE_CASES = {
     "bad resources": ({"resources": {"distill": {"gpus_per_node": -1}}}, "bad --config override: resources.distill"),
     "resources of an unknown kind": ({"default_resources": {"gpu": {}}}, "unknown job kind(s) ['gpu']"),
     "runs per job not a number": ({"runs_per_job": "many"}, "bad --config override: runs_per_job"),
+    # port 9 (discard) on loopback: nothing listens there on a test machine
+    "an MLflow server that does not answer": ({"tracking_uri": "http://127.0.0.1:9"}, "tracking_uri: "),
+    "a sqlite store in a read-only place": ({"tracking_uri": "sqlite:////proc/sim-test/mlflow.db"}, "tracking_uri: "),
+    "a negative server port": ({"tracking_server_port": -1}, "tracking_server_port"),
 }
 
 

@@ -197,12 +197,23 @@ def test_changing_one_sweep_value_reruns_only_its_dependents(smoke, tmp_path):
     (lambda c: c["experiments"].update(table9=c["experiments"]["table1"]), "unknown experiment(s) ['table9']"),
 ])
 def test_bad_sweep_config_fails_at_dag_construction(tmp_path, edit, expected):
+    _fails_before_any_job(tmp_path, edit, expected)
+
+
+def test_an_unreachable_tracking_server_stops_the_dag_before_any_job(tmp_path):
+    """Before the asset jobs (minutes at paper scale), not after them."""
+    _fails_before_any_job(tmp_path, lambda c: c.update(tracking_uri="http://127.0.0.1:9"),
+                          "tracking_uri: tracking store http://127.0.0.1:9 is unreachable", dry_run=False)
+
+
+def _fails_before_any_job(tmp_path, edit, expected, dry_run=True):
     import yaml
     cfg = yaml.safe_load((ROOT / "configs" / "scales" / "smoke.yaml").read_text())
     edit(cfg)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    p = subprocess.run(SNAKEMAKE + ["--cores", "1", "-n", "all_tables", "--config", f"scale_config={path}",
+    p = subprocess.run(SNAKEMAKE + ["--cores", "1", *(["-n"] if dry_run else []), "all_tables", "--config",
+                                    f"scale_config={path}",
                                     f"results_dir={tmp_path / 'r'}"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert p.returncode != 0
