@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from conftest import gmm_config, wait_for
+from mlflow_checks import assert_mlflow_holds_the_run_dirs
 from numerics import assert_same_weights
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,6 +173,106 @@ def test_killed_snakemake_reattaches_to_the_running_job(cluster, tmp_path):
         assert group_jobs == {job_id}
     finally:
         if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        _stop_server(results)
+
+
+def test_reattach_after_some_runs_finished_and_after_the_job_completed(cluster, tmp_path):
+    """Snakemake killed while a group's job runs with some of its runs done, and killed while a job that then
+    completes runs: the same command again submits nothing twice (sacct), keeps every done.json and logs no
+    MLflow value twice."""
+    from workflow.dag import load
+    results = tmp_path / "results"
+    S, SW, _ = load({"scale": "smoke", "results_dir": str(results)})
+    t_start = time.strftime("%Y-%m-%dT%H:%M:%S")
+    moments = {"figure2-000": "after_some_runs", "table1-000": "after_the_job_completed"}
+    proc = None
+
+    def start(target):
+        return subprocess.Popen(SNAKEMAKE + ["--profile", "slurm", target, "--quiet", "all", "--config",
+                                             "scale=smoke", f"results_dir={results}", "tracking_server_host=127.0.0.1"],
+                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        p = _snakemake_slurm(results, *SW.assets.values(), str(results / "tracking.json"))
+        assert p.returncode == 0, p.stderr[-3000:]
+        uri = json.loads((results / "tracking.json").read_text())["tracking_uri"]
+        first_jobs = {}
+        for group, moment in moments.items():
+            target = f"distill_{group.replace('-', '_')}"
+            run_dirs = [Path(SW.runs[n].run_dir) for n in SW.groups[group]]
+            proc = start(target)
+            wait_for((run_dirs[0] / "job.json").exists, 120, f"the job of {group} to be submitted", poll=0.1)
+            job_id = json.loads((run_dirs[0] / "job.json").read_text())["job_id"]
+            if moment == "after_some_runs":
+                wait_for(lambda: any((d / "done.json").exists() for d in run_dirs), 300, "a first run done", poll=0.05)
+            else:
+                wait_for(lambda: _state(job_id) == "RUNNING", 120, "the job to run", poll=0.1)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            if moment == "after_some_runs":
+                done_before = {d: (d / "done.json").read_bytes() for d in run_dirs if (d / "done.json").exists()}
+                assert 0 < len(done_before) < len(run_dirs) and _state(job_id) == "RUNNING"  # the moment we meant
+            else:
+                wait_for(lambda: _state(job_id) == "COMPLETED", 300, "the job to complete unwatched", poll=0.2)
+                done_before = {d: (d / "done.json").read_bytes() for d in run_dirs}
+            p = _snakemake_slurm(results, target, extra=("--nolock",))
+            assert p.returncode == 0, p.stderr[-3000:]
+            assert Path(SW.group_marker(group, results)).exists()
+            for d, text in done_before.items():
+                assert (d / "done.json").read_bytes() == text, d  # kept as it was, never rewritten
+            assert {json.loads((d / "done.json").read_text())["job_id"] for d in run_dirs} == {job_id}
+            first_jobs[group] = job_id
+        submitted = sorted(f.name for f in (results / "submitit" / "distill").glob("*_submitted.pkl"))
+        assert submitted == sorted(f"{j}_submitted.pkl" for j in first_jobs.values()), submitted
+        names = Counter(r[0] for r in _sacct("-S", t_start, "--format=JobName"))
+        assert {g: names[f"distill-{g}"] for g in moments} == {g: 1 for g in moments}, names
+        assert_mlflow_holds_the_run_dirs(uri, [Path(SW.runs[n].run_dir) for g in moments for n in SW.groups[g]])
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        _stop_server(results)
+
+
+def test_scontrol_requeue_between_runs_of_a_group_loses_no_curve(cluster, smoke_local, tmp_path):
+    """`scontrol requeue` the moment a group's job has finished a run (between two runs): the job leaves after
+    the run in hand, comes back, and every run ends with its whole history in MLflow, no orphan RUNNING run,
+    and the final weights of the uninterrupted local DAG, bitwise."""
+    from workflow.dag import load
+    results = tmp_path / "results"
+    shutil.copytree(smoke_local / "assets", results / "assets")
+    group = "figure2-000"
+    target = f"distill_{group.replace('-', '_')}"
+    _, SW, _ = load({"scale": "smoke", "results_dir": str(results)})
+    _, SW_ref, _ = load({"scale": "smoke", "results_dir": str(smoke_local)})
+    run_dirs = [Path(SW.runs[n].run_dir) for n in SW.groups[group]]
+    proc = subprocess.Popen(SNAKEMAKE + ["--profile", "slurm", target, "--quiet", "progress", "--config",
+                                         "scale=smoke", f"results_dir={results}", "tracking_server_host=127.0.0.1"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        wait_for((run_dirs[0] / "job.json").exists, 120, "the job to be submitted", poll=0.1)
+        job_id = json.loads((run_dirs[0] / "job.json").read_text())["job_id"]
+        wait_for(lambda: any((d / "done.json").exists() for d in run_dirs), 300, "a first run done", poll=0.02)
+        subprocess.run(["scontrol", "requeue", job_id], check=True)
+        n_done = sum((d / "done.json").exists() for d in run_dirs)
+        assert n_done < len(run_dirs)
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, err[-3000:]
+        wait_for(lambda: _state(job_id) == "COMPLETED", 60, "the job to complete", poll=0.2)
+        restarts = _sacct("-j", job_id, "--duplicates", "--format=JobID,State")
+        assert [r[1] for r in restarts] == ["REQUEUED", "COMPLETED"], restarts  # it did leave and come back
+        uri = json.loads((results / "tracking.json").read_text())["tracking_uri"]
+        assert_mlflow_holds_the_run_dirs(uri, run_dirs)
+        # the same sweep point in the local DAG (run names carry a hash of results_dir: paired by membership)
+        point = {json.dumps(SW_ref.runs[n].memberships, sort_keys=True): SW_ref.runs[n].run_dir
+                 for n in SW_ref.groups[group]}
+        for n in SW.groups[group]:
+            assert_same_weights(Path(point[json.dumps(SW.runs[n].memberships, sort_keys=True)]),
+                                Path(SW.runs[n].run_dir))
+        print(f"requeued with {n_done} of {len(run_dirs)} runs done")
+    finally:
+        if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         _stop_server(results)
 
