@@ -83,8 +83,14 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x @ self.weight.to(x.dtype).t()
         if self.bias is not None:
-            y = y + self.bias.to(x.dtype)
+            y = _add_(y, self.bias.to(x.dtype))
         return y
+
+
+def _add_(y: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """y + b into y's own memory, as EDM's layers do (no allocation; y must be an intermediate that no backward
+    needs). Where the dtypes differ (under autocast) it stays out of place, so the result's dtype is y + b's."""
+    return y.add_(b) if y.dtype == b.dtype else y + b  # b never has more elements than y here
 
 
 class Conv2d(nn.Module):
@@ -132,7 +138,9 @@ class Conv2d(nn.Module):
         if self.weight is not None:
             x = F.conv2d(x, self.weight.to(x.dtype), padding=self.weight.shape[-1] // 2)
         if self.bias is not None:
-            x = x + self.bias.to(x.dtype).reshape(1, -1, 1, 1)
+            b = self.bias.to(x.dtype).reshape(1, -1, 1, 1)
+            fresh = self.weight is not None or self.up or self.down  # x is this layer's own output, not its input
+            x = _add_(x, b) if fresh else x + b
         return x
 
 
@@ -222,9 +230,9 @@ class UNetBlock(nn.Module):
             scale, shift = params.chunk(2, dim=1)
             h = F.silu(torch.addcmul(shift, self.norm1(h), scale + 1))
         else:
-            h = F.silu(self.norm1(h + params))
+            h = F.silu(self.norm1(_add_(h, params)))
         h = self.conv1(F.dropout(h, p=self.dropout, training=self.training))
-        h = (h + (self.skip(x_in) if self.skip is not None else x_in)) * self.skip_scale
+        h = _add_(h, self.skip(x_in) if self.skip is not None else x_in) * self.skip_scale
 
         if self.num_heads:
             n, c = h.shape[:2]
@@ -234,7 +242,7 @@ class UNetBlock(nn.Module):
             q, k, v = qkv.unbind(2)
             w = attention_weights(q, k)                     # (n*heads, queries, keys)
             a = torch.einsum("nqk,nck->ncq", w, v)         # weighted values, (n*heads, c/heads, queries)
-            h = (self.proj(a.reshape(h.shape)) + h) * self.skip_scale
+            h = _add_(self.proj(a.reshape(h.shape)), h) * self.skip_scale
         return h
 
 

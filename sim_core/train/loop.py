@@ -198,22 +198,9 @@ class Distiller:
             t_last = time.time()
             try:
                 while self.step < tc.iterations:
-                    for _ in range(cfg.online.steps_per_iter):
-                        loss_psi = self.psi_step()
-                    loss_theta = self.theta_step()
-                    nimg_before = self.nimg
-                    self.step += 1
-                    self.nimg += cfg.optim.batch_size  # kimg counts generator images per iteration (as SiD)
-                    if self.nonfinite == "stop" and not self._finite(loss_psi, loss_theta):
-                        return self._diverged(loss_psi, loss_theta)
-                    if self.nonfinite != "stop" and self.dist.any(self._step_sanitized):
-                        self.nonfinite_steps += 1
-                        self.first_nonfinite_step = self.first_nonfinite_step or self.step  # where "stop" would end
-                    self._step_sanitized = False
-                    # EDM/SiD/DI: beta from the image count before this step's images (the first update copies G)
-                    ema_update(self.G_ema, self.G, ema_beta(nimg_before, cfg.optim.batch_size,
-                                                            cfg.ema.halflife_kimg, cfg.ema.rampup_ratio))
-                    t_last = self._after_step(nimg_before, loss_psi, loss_theta, t_last, bar)
+                    diverged, t_last = self.iteration(t_last, bar)
+                    if diverged is not None:
+                        return diverged
                     stop = self.dist.any(signals.received is not None)  # every rank stops at the same step
                     if self.schedule.checkpoint(self.step) or stop:
                         self.metrics.flush()
@@ -226,6 +213,28 @@ class Distiller:
                 self.metrics.flush()
                 if bar is not None:
                     bar.close()
+
+    def iteration(self, t_last: float, bar=None) -> tuple[dict | None, float]:
+        """One iteration of the loop: the online steps, the generator step, the non-finite policy, the EMA, then the
+        records the schedule asks for. Returns the run's "diverged" status (under "stop") or None, and the time of
+        the last log record."""
+        cfg = self.cfg
+        for _ in range(cfg.online.steps_per_iter):
+            loss_psi = self.psi_step()
+        loss_theta = self.theta_step()
+        nimg_before = self.nimg
+        self.step += 1
+        self.nimg += cfg.optim.batch_size  # kimg counts generator images per iteration (as SiD)
+        if self.nonfinite == "stop" and not self._finite(loss_psi, loss_theta):
+            return self._diverged(loss_psi, loss_theta), t_last
+        if self.nonfinite != "stop" and self.dist.any(self._step_sanitized):
+            self.nonfinite_steps += 1
+            self.first_nonfinite_step = self.first_nonfinite_step or self.step  # where "stop" would end
+        self._step_sanitized = False
+        # EDM/SiD/DI: beta from the image count before this step's images (the first update copies G)
+        ema_update(self.G_ema, self.G, ema_beta(nimg_before, cfg.optim.batch_size, cfg.ema.halflife_kimg,
+                                                cfg.ema.rampup_ratio))
+        return None, self._after_step(nimg_before, loss_psi, loss_theta, t_last, bar)
 
     # ---- beside the loop: start, records, divergence ----------------------------------------------------------
     def _start(self) -> bool:

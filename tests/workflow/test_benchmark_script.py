@@ -70,3 +70,13 @@ def test_bench_paper_testbed_tiny_on_cpu():
     teacher = float(re.search(r"teacher row, Heun 3 NFE, edm protocol \(3 x 4 samples\): [0-9.]+ s = [0-9.]+ "
                               r"network evaluations per image-second; FID ([0-9.]+)", p.stdout).group(1))
     assert math.isfinite(teacher) and teacher != fid  # another sampler, other samples
+
+
+def test_bench_vs_sid_refuses_a_path_that_is_no_sid_checkout(tmp_path):
+    """SiD's code is never part of the project (nor fetched here): without a checkout the script says so in one
+    line, exit code 2, before building anything."""
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_vs_sid.py"), "--sid", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.strip().splitlines() == [f"error: --sid {tmp_path}: no training/sid_training_loop.py there (a "
+                                             "checkout of mingyuanzhou/SiD?)"]

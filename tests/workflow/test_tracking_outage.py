@@ -37,7 +37,7 @@ def test_a_long_outage_then_a_server_on_another_port_loses_no_metric(tmp_path):
     group = "table1-000"
     target = f"distill_{group.replace('-', '_')}"
     run_dirs = [Path(SW.runs[n].run_dir) for n in SW.groups[group]]
-    squatter = socket.socket()
+    squatter, proc = socket.socket(), None
     try:
         proc = _snakemake(results, target)
         # the outage: once the job has trained a first run, the server dies without a word
@@ -69,5 +69,7 @@ def test_a_long_outage_then_a_server_on_another_port_loses_no_metric(tmp_path):
         assert all((d / "done.json").exists() for d in run_dirs)
         assert_mlflow_holds_the_run_dirs(uri, run_dirs)
     finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         squatter.close()
         stop_server(server)
