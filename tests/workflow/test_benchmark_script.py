@@ -80,3 +80,22 @@ def test_bench_vs_sid_refuses_a_path_that_is_no_sid_checkout(tmp_path):
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip().splitlines() == [f"error: --sid {tmp_path}: no training/sid_training_loop.py there (a "
                                              "checkout of mingyuanzhou/SiD?)"]
+
+
+def test_bench_t2i_audits_the_papers_budget_on_the_real_configs():
+    """The FLOP audit on the meta device (no memory): PixArt-XL-2-512's forward and the SIM iteration in units of
+    it, held against 4 A100 x 2 days; then the tiny configs timed on the CPU."""
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_t2i.py")], capture_output=True, text=True,
+                       timeout=600, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "DiT 610,856,096 parameters; T5 4,762,310,656" in p.stdout
+    assert "DiT forward, one sample (F): 1.236 TFLOP" in p.stdout
+    ratios = {k: float(v) for k, v in re.findall(r"^  (\w+): [0-9.]+ TFLOP = ([0-9.]+) F$", p.stdout, re.M)}
+    assert ratios["forward_no_graph"] == 1.0 and 2.8 < ratios["backward_to_weights"] < 3.2  # backward ~ 2 forwards
+    assert 1.8 < ratios["backward_to_input"] < ratios["backward_to_weights"]  # no weight gradients
+    need = re.search(r"it needs (\d+)% of peak \((\d+)% with checkpointing\)", p.stdout)
+    assert need and 95 < int(need.group(1)) < int(need.group(2))
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_t2i.py"), "--tiny", "--device", "cpu",
+                        "--micro-batches", "1,2", "--reps", "1"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert re.search(r"^micro-batch 2: SIM iteration [0-9.]+ s = [0-9.]+ images/s", p.stdout, re.M), p.stdout
