@@ -25,14 +25,23 @@ def _finite(name, **values):
             raise ValueError(f"time distribution {name}: {k} must be finite, got {v}")
 
 
+TRUNCATIONS = ("resample", "clamp")  # how a truncated log-normal treats draws outside its range
+
+
 @TIME_DISTRIBUTIONS.register("lognormal")
 class LogNormal(TimeDistribution):
-    """t = exp(s), s ~ N(p_mean, p_std^2), optionally truncated to [t_min, t_max] by inverse-CDF sampling."""
+    """t = exp(s), s ~ N(p_mean, p_std^2), optionally truncated to [t_min, t_max]: "resample" draws from the
+    truncated normal (inverse CDF), "clamp" draws the full normal and clips t into the range, putting the mass
+    outside it on the bounds."""
     name = "lognormal"
 
     def __init__(self, p_mean: float, p_std: float, t_min: float | None = None, t_max: float | None = None,
-                 name: str = "lognormal"):
+                 name: str = "lognormal", truncation: str = "resample"):
         self.name = name
+        if truncation not in TRUNCATIONS:
+            raise ValueError(f"time distribution {name}: truncation must be one of {', '.join(TRUNCATIONS)}, "
+                             f"got {truncation!r}")
+        self.truncation = truncation
         _finite(self.name, p_mean=p_mean, p_std=p_std)
         if not p_std > 0:
             raise ValueError(f"time distribution {self.name}: p_std must be > 0, got {p_std}")
@@ -45,12 +54,14 @@ class LogNormal(TimeDistribution):
     def params(self):
         p = {"p_mean": self.p_mean, "p_std": self.p_std}
         if self.t_min is not None:
-            p.update(t_min=self.t_min, t_max=self.t_max)
+            p.update(t_min=self.t_min, t_max=self.t_max, truncation=self.truncation)
         return p
 
     def sample(self, n, generator, dtype=None, device="cpu"):
-        if self.t_min is None:
+        if self.t_min is None or self.truncation == "clamp":
             s = self.p_mean + self.p_std * torch.randn(n, generator=generator, dtype=torch.float64)
+            if self.t_min is not None:  # on the bounds exactly
+                return s.exp().clamp(self.t_min, self.t_max).to(dtype=dtype or torch.float32, device=device)
         else:  # truncated normal on s by inverse CDF
             normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
             lo = normal.cdf(torch.tensor((math.log(self.t_min) - self.p_mean) / self.p_std, dtype=torch.float64))
@@ -74,10 +85,11 @@ def p_sim() -> LogNormal:
 
 
 @TIME_DISTRIBUTIONS.register("t2i")
-def t2i() -> LogNormal:
-    """Text-to-image: s ~ N(-2, 2^2) truncated to t in [0.01, 156.6155] (Appendix B.3; the range comes from
-    PixArt-alpha's DDPM schedule, beta 1e-4..0.02 over 1000 bins)."""
-    return LogNormal(-2.0, 2.0, t_min=0.01, t_max=156.6155, name="t2i")
+def t2i(truncation: str = "resample") -> LogNormal:
+    """Text-to-image: s ~ N(-2, 2^2) truncated to t in [0.01, 156.6155] (Appendix B.3; the range is SIM's PixArt
+    table, sim_core/testbeds/t2i/edm_pixart.py). How it is truncated the paper does not say: 9.6% of the normal lies
+    below 0.01, which "clamp" puts on 0.01 and "resample" (the default) spreads over the range."""
+    return LogNormal(-2.0, 2.0, t_min=0.01, t_max=156.6155, name="t2i", truncation=truncation)
 
 
 class _Karras(TimeDistribution):

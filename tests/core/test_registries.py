@@ -49,6 +49,23 @@ def test_t2i_truncation():
         assert abs(s.quantile(q).item() - expected) < 0.02, (q, expected)
 
 
+def test_t2i_clamp_piles_the_mass_below_the_range_on_its_bound():
+    from scipy.stats import norm
+    below = norm.cdf((math.log(0.01) + 2) / 2)  # 9.6% of s ~ N(-2, 4) lies below log 0.01
+    above = norm.sf((math.log(156.6155) + 2) / 2)
+    t = _draw("t2i", truncation="clamp")
+    assert t.min() == 0.01 and t.max() <= 156.6155
+    sd = math.sqrt(below * (1 - below) / N)
+    assert abs((t == 0.01).double().mean().item() - below) < 5 * sd and abs(below - 0.0964) < 5e-4
+    assert abs((t == 156.6155).double().mean().item() - above) < 5 * math.sqrt(above / N) + 1e-5
+    inside = t[(t > 0.01) & (t < 156.6155)].log()  # between the bounds it is the untruncated normal
+    assert abs(inside.median().item() - (-2 + 2 * norm.ppf(below + 0.5 * (1 - below - above)))) < 0.02
+    assert (_draw("t2i") == 0.01).sum() == 0  # resample puts no mass on the bound
+    assert build_time_distribution("t2i", truncation="clamp").params()["truncation"] == "clamp"
+    with pytest.raises(ValueError, match="truncation must be one of resample, clamp, got 'reflect'"):
+        build_time_distribution("t2i", truncation="reflect")
+
+
 def test_karr_paper_is_discrete_on_the_grid():
     t = _draw("karr")
     grid = build_time_distribution("karr").grid()
