@@ -45,8 +45,8 @@ class PixelUnshuffleVAE(nn.Module):
     def __init__(self, scaling_factor: float = 1.0, factor: int = 2, image_channels: int = 1):
         super().__init__()
         self.factor = int(factor)
-        self.config = SimpleNamespace(scaling_factor=float(scaling_factor), latent_channels=image_channels * factor ** 2,
-                                      in_channels=image_channels)
+        self.config = SimpleNamespace(scaling_factor=float(scaling_factor), in_channels=image_channels,
+                                      latent_channels=image_channels * factor ** 2)
 
     def encode(self, x: torch.Tensor):
         if x.shape[1] != self.config.in_channels or x.shape[-1] % self.factor or x.shape[-2] % self.factor:

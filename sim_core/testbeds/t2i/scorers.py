@@ -1,4 +1,4 @@
-"""Two of Table 3's image scorers, native on transformers 5 (the published packages do not import with it), with the
+"""Table 3's three image scorers, native on transformers 5 (the published packages do not import with it), with the
 original preprocessing (CLIP's PIL bicubic resize, centre crop, CLIP mean/std). Images are what the harness
 saves: uint8 tensors (B, 3, H, W).
 
@@ -7,6 +7,7 @@ saves: uint8 tensors (B, 3, H, W).
   embedding); the head is ``sac+logos+ava1-l14-linearMSE.pth``, keys ``layers.{0,2,4,6,7}.{weight,bias}``.
 - PickScore (``PickScore_v1``, a CLIP ViT-H/14): ``logit_scale.exp() * cos(text, image)`` per prompt and image;
   Table 3 prints the cosine (score / 100 for the released model), so both are reported.
+- ImageReward: below.
 """
 from __future__ import annotations
 
@@ -135,3 +136,147 @@ class PickScorer:
         e_txt = _features(self.model.get_text_features(**text))
         cos = (e_img / e_img.norm(dim=-1, keepdim=True) * e_txt / e_txt.norm(dim=-1, keepdim=True)).sum(-1)
         return {"cosine": cos.float().cpu(), "score": (self.model.logit_scale.exp() * cos).float().cpu()}
+
+
+# ---- ImageReward ---------------------------------------------------------------------------------------------------
+# THUDM/ImageReward (image-reward 1.5): BLIP's ViT-L/16 at 224 encodes the image; BLIP's BERT "MED" text encoder
+# reads the prompt (35 tokens, padded) with cross-attention to every image token; its [CLS] state goes through the
+# same five linear layers as the aesthetic head, then the published z-normalisation. The vision names below are those
+# of BLIP's vit.py (timm's layout); the real ImageReward.pt cannot be fetched here, so they are checked only on a
+# checkpoint written in that layout: a real file whose names differ fails to load, naming the keys, never silently.
+IMAGEREWARD_MEAN, IMAGEREWARD_STD = 0.16717362830052426, 1.0333394966054072  # ImageReward.py
+IMAGEREWARD_MAX_TOKENS = 35
+IMAGEREWARD_SIZE = 224
+VIT_RENAMES = [  # BLIP's vit.py (timm's layout) -> transformers' BlipVisionModel
+    (r"cls_token", "embeddings.class_embedding"),
+    (r"pos_embed", "embeddings.position_embedding"),
+    (r"patch_embed\.proj\.(weight|bias)", r"embeddings.patch_embedding.\1"),
+    (r"blocks\.(\d+)\.norm1\.(weight|bias)", r"encoder.layers.\1.layer_norm1.\2"),
+    (r"blocks\.(\d+)\.norm2\.(weight|bias)", r"encoder.layers.\1.layer_norm2.\2"),
+    (r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", r"encoder.layers.\1.self_attn.qkv.\2"),
+    (r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"encoder.layers.\1.self_attn.projection.\2"),
+    (r"blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", r"encoder.layers.\1.mlp.\2.\3"),
+    (r"norm\.(weight|bias)", r"post_layernorm.\1"),
+]
+IMAGEREWARD_SET_ASIDE = {  # keys of ImageReward.pt the reward does not read, and why
+    "blip.vision_proj.": "BLIP's contrastive image projection (ITC), unused by the reward",
+    "blip.text_proj.": "BLIP's contrastive text projection (ITC), unused by the reward",
+    "blip.text_encoder.embeddings.position_ids": "a buffer transformers rebuilds",
+}
+
+
+def convert_imagereward(sd: dict) -> tuple[dict, dict, dict, dict]:
+    """ImageReward.pt's state dict to (vision, text, head) state dicts in transformers' names, and the keys set
+    aside with their reasons; a key nothing explains is a CheckpointError naming it."""
+    import re
+    vision, text, head, aside, unknown = {}, {}, {}, {}, []
+    for key, value in sd.items():
+        reason = next((r for prefix, r in IMAGEREWARD_SET_ASIDE.items() if key.startswith(prefix)), None)
+        if reason is not None:
+            aside[key] = reason
+        elif key.startswith("blip.text_encoder."):
+            text[key[len("blip.text_encoder."):]] = value  # MED and BlipTextModel share BERT's names
+        elif key.startswith("mlp.layers."):
+            head[key[len("mlp."):]] = value
+        elif key.startswith("blip.visual_encoder."):
+            name = key[len("blip.visual_encoder."):]
+            for pattern, target in VIT_RENAMES:
+                if re.fullmatch(pattern, name):
+                    vision[re.sub(f"^{pattern}$", target, name)] = value
+                    break
+            else:
+                unknown.append(key)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"ImageReward checkpoint: {len(unknown)} unknown keys ({', '.join(unknown[:4])}"
+                              f"{', ...' if len(unknown) > 4 else ''})")
+    return vision, text, head, aside
+
+
+def _load_exact(module: nn.Module, sd: dict, what: str) -> None:
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    extra = sorted(set(sd) - set(expected))
+    shapes = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in sd.items()
+              if k in expected and v.shape != expected[k].shape]
+    problems = [f"{len(keys)} {kind} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+                for kind, keys in (("missing", missing), ("unexpected", extra), ("shape mismatches", shapes)) if keys]
+    if problems:
+        raise CheckpointError(f"ImageReward checkpoint does not fit its {what}: " + "; ".join(problems))
+    module.load_state_dict(sd, strict=True)
+
+
+class ImageRewardScorer:
+    """``vision`` a transformers ``BlipVisionModel``, ``text`` a ``BlipTextModel`` (cross-attention, no pooler),
+    ``head`` an :class:`AestheticHead` of the text width, ``tokenizer`` BLIP's (bert-base-uncased with [DEC] and
+    [ENC] added), ``processor`` CLIP's PIL preprocessing at 224 (ImageReward's transform)."""
+
+    def __init__(self, vision, text, head: AestheticHead, tokenizer, processor):
+        self.vision, self.text = vision.eval().requires_grad_(False), text.eval().requires_grad_(False)
+        self.head, self.tokenizer, self.processor = head.eval(), tokenizer, processor
+
+    @classmethod
+    def from_state_dict(cls, sd: dict, vision_config, text_config, tokenizer, processor) -> "ImageRewardScorer":
+        from transformers.models.blip.modeling_blip import BlipVisionModel
+        from transformers.models.blip.modeling_blip_text import BlipTextModel
+        vision_sd, text_sd, head_sd, _ = convert_imagereward(sd)
+        vision, text = BlipVisionModel(vision_config), BlipTextModel(text_config, add_pooling_layer=False)
+        head = AestheticHead(text_config.hidden_size)
+        for module, part, what in ((vision, vision_sd, "BLIP ViT"), (text, text_sd, "BERT text encoder"),
+                                   (head, head_sd, "reward head")):
+            _load_exact(module, part, what)
+        return cls(vision, text, head, tokenizer, processor)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        if len(prompts) != images.shape[0]:
+            raise ValueError(f"{len(prompts)} prompts for {images.shape[0]} images")
+        device = next(self.vision.parameters()).device
+        image_states = self.vision(pixel_values=_pixels(self.processor, images, device)).last_hidden_state
+        tok = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=IMAGEREWARD_MAX_TOKENS,
+                             return_tensors="pt").to(device)
+        out = self.text(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"],
+                        encoder_hidden_states=image_states,
+                        encoder_attention_mask=torch.ones(image_states.shape[:2], dtype=torch.long, device=device))
+        r = self.head(out.last_hidden_state[:, 0].float())
+        return ((r - IMAGEREWARD_MEAN) / IMAGEREWARD_STD).cpu()
+
+
+def imagereward_configs():
+    """transformers configs of ImageReward's networks: BLIP's ViT-L/16 at 224 (timm's LayerNorm eps 1e-6, exact
+    GELU) and BLIP's med_config.json (BERT-base, 30524 tokens with [DEC] and [ENC], cross-attention to 1024-d image
+    tokens)."""
+    from transformers import BlipTextConfig, BlipVisionConfig
+    vision = BlipVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              image_size=IMAGEREWARD_SIZE, patch_size=16, layer_norm_eps=1e-6, hidden_act="gelu")
+    text = BlipTextConfig(vocab_size=30524, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                          num_attention_heads=12, max_position_embeddings=512, encoder_hidden_size=1024,
+                          layer_norm_eps=1e-12, hidden_act="gelu")
+    return vision, text
+
+
+def load_imagereward(checkpoint, tokenizer_dir, device="cpu") -> ImageRewardScorer:
+    """``ImageReward.pt`` and a local ``bert-base-uncased`` tokenizer folder (BLIP adds [DEC] and [ENC] to it)."""
+    from transformers import BertTokenizer, CLIPImageProcessorPil
+    p = Path(checkpoint)
+    if not p.is_file():
+        raise CheckpointError(f"ImageReward checkpoint {p} does not exist")
+    if not Path(tokenizer_dir).is_dir():
+        raise ConfigError(f"BERT tokenizer folder {tokenizer_dir} does not exist")
+    try:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"ImageReward checkpoint {p} is not a torch file that loads with weights_only "
+                              f"({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(sd, dict) or not any(str(k).startswith("blip.") for k in sd):
+        raise CheckpointError(f"{p} is not an ImageReward checkpoint (no blip.* keys)")
+    tokenizer = BertTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    # BLIP's init_tokenizer
+    tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+    processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGEREWARD_SIZE},
+                                      crop_size={"height": IMAGEREWARD_SIZE, "width": IMAGEREWARD_SIZE})
+    vision, text = imagereward_configs()
+    scorer = ImageRewardScorer.from_state_dict(sd, vision, text, tokenizer, processor)
+    scorer.vision.to(device), scorer.text.to(device), scorer.head.to(device)
+    return scorer
