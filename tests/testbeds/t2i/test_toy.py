@@ -10,7 +10,7 @@ import torch
 
 from sim_core.testbeds.t2i.teacher import alphas_cumprod, train_toy_teacher
 from sim_core.testbeds.t2i.text import TextEncoder
-from sim_core.testbeds.t2i.toy import (DIGIT_NAMES, HELDOUT_TEMPLATES, TRAIN_TEMPLATES, all_prompts, build_toy_t5,
+from sim_core.testbeds.t2i.toy import (DIGIT_NAMES, HELDOUT_TEMPLATES, all_prompts, build_toy_t5,
                                        digit_latents, vocabulary)
 
 
