@@ -75,3 +75,26 @@ def train_toy_teacher(out_dir, t5_dir, iterations: int = 3000, batch_size: int =
         net.eval().save_pretrained(tmp / "transformer")
         atomic_write_json(tmp / "teacher.json", meta)
     return meta
+
+
+@torch.no_grad()
+def sample_teacher(net, cond: TextCond, null: TextCond, steps: int = 20, guidance: float = 4.5,
+                   generator: torch.Generator | None = None, shape=(4, 4, 4)) -> torch.Tensor:
+    """The teacher's multi-step samples as PixArt's pipeline draws them: DPM-Solver++ (diffusers'
+    DPMSolverMultistepScheduler on PixArt's linear betas) with classifier-free guidance
+    eps = eps(null) + guidance (eps(text) - eps(null)); ``null`` is one null-prompt conditioning (batch 1)."""
+    from diffusers import DPMSolverMultistepScheduler
+    sched = DPMSolverMultistepScheduler(num_train_timesteps=M, beta_start=BETA_START, beta_end=BETA_END,
+                                        beta_schedule="linear")
+    sched.set_timesteps(steps)
+    n = len(cond)
+    x = torch.randn((n, *shape), generator=generator) * sched.init_noise_sigma
+    both = TextCond(torch.cat([null.states.expand(n, -1, -1), cond.states]),
+                    torch.cat([null.mask.expand(n, -1), cond.mask]))
+    kw = dict(encoder_hidden_states=both.states, encoder_attention_mask=both.mask,
+              added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)
+    for t in sched.timesteps:
+        out = net(torch.cat([x, x]), timestep=t.expand(2 * n), **kw)[0][:, :shape[0]]
+        eps_null, eps_text = out.chunk(2)
+        x = sched.step(eps_null + guidance * (eps_text - eps_null), t, x, return_dict=False)[0]
+    return x

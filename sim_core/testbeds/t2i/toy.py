@@ -57,10 +57,10 @@ def read_toy_t5_meta(folder) -> dict:
     return json.loads((Path(folder) / "toy_t5.json").read_text())
 
 
-def digit_latents(dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """scikit-learn's 1797 digits scaled to [-1, 1] as (N, 4, 4, 4) latents, and their labels."""
+def digit_latents(split: str = "train", dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The digits testbed's split (the same [-1, 1] images: pixel / 8 - 1) as (N, 4, 4, 4) latents, and labels."""
     import torch.nn.functional as F
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=dtype)[:, None] / 8.0 - 1.0  # pixel values 0..16
-    return F.pixel_unshuffle(x, 2), torch.tensor(d.target, dtype=torch.long)
+
+    from sim_core.testbeds.digits.data import load_digits_split
+    x, y = load_digits_split(split)
+    return F.pixel_unshuffle(x.to(dtype), 2), y

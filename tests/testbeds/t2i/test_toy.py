@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from sim_core.testbeds.t2i.teacher import alphas_cumprod, train_toy_teacher
+from sim_core.testbeds.t2i.cond import TextCond
+from sim_core.testbeds.t2i.teacher import alphas_cumprod, sample_teacher, train_toy_teacher
 from sim_core.testbeds.t2i.text import TextEncoder
 from sim_core.testbeds.t2i.toy import (DIGIT_NAMES, HELDOUT_TEMPLATES, all_prompts, build_toy_t5,
                                        digit_latents, vocabulary)
@@ -42,7 +43,8 @@ def test_the_toy_t5_encodes_every_prompt_distinctly_and_without_unknown_words(to
 
 
 def test_digits_become_exact_four_channel_latents():
-    z, y = digit_latents()
+    assert digit_latents()[0].shape == (1438, 4, 4, 4)  # the digits testbed's training split, as its teachers
+    z, y = digit_latents("all")
     assert z.shape == (1797, 4, 4, 4) and y.shape == (1797,) and z.min() == -1 and z.max() == 1
     x = torch.nn.functional.pixel_shuffle(z, 2)[:, 0]
     from sklearn.datasets import load_digits
@@ -59,5 +61,15 @@ def test_the_teacher_learns_with_pixarts_objective_and_reloads(toy_t5, tmp_path)
     assert net.config.caption_channels == 32 and net.config.out_channels == 4
     saved = json.loads((tmp_path / "teacher" / "teacher.json").read_text())
     assert saved["iterations"] == 150 and saved["prompts"][0] == "a handwritten zero"
+    # multi-step sampling as PixArt's pipeline: DPM-Solver++ with classifier-free guidance
+    text = TextEncoder.from_folders(toy_t5 / "tokenizer", toy_t5 / "text_encoder")
+    cond, null = text(["a handwritten seven", "the digit three"]), text([""])
+    draw = [sample_teacher(net, cond, null, steps=4, guidance=g, generator=torch.Generator().manual_seed(1))
+            for g in (0.0, 2.0, 2.0)]
+    assert draw[0].shape == (2, 4, 4, 4) and torch.equal(draw[1], draw[2])  # seeded
+    assert not torch.allclose(draw[0], draw[1])  # guidance moves the samples
+    uncond = sample_teacher(net, TextCond(null.states.expand(2, -1, -1), null.mask.expand(2, -1)), null, steps=4,
+                            guidance=5.0, generator=torch.Generator().manual_seed(1))
+    assert torch.allclose(draw[0], uncond, atol=1e-5)  # guidance 0 is the null prompt's model alone
     abar = alphas_cumprod()
     assert abar.shape == (1000,) and abs(float(((1 - abar[-1]) / abar[-1]).sqrt()) - 157.4073) < 1e-3
