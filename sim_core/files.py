@@ -151,5 +151,7 @@ def load_checked(path: str | Path, what: str, fmt: str | None = None, sha256: st
         raise CheckpointError(f"{what} {path} is corrupt or not a torch file: {first[:200]}") from None
     if not isinstance(obj, dict) or (fmt is not None and obj.get("format") != fmt):
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
+        if fmt is None:
+            raise CheckpointError(f"{what} {path} holds a {found}, not a dict of tensors")
         raise CheckpointError(f"{what} {path} is not a {fmt} file (found format {found!r})")
     return obj

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 
 from sim_core.errors import CheckpointError
+from sim_core.files import load_checked
+from sim_core.testbeds.t2i.state_dicts import load_exactly
 
 ROOTS = ("x_embedder", "t_embedder", "t_block", "y_embedder", "blocks", "final_layer", "pos_embed", "csize_embedder",
          "ar_embedder")
@@ -103,33 +105,14 @@ def load_original_into(model: torch.nn.Module, original: dict, source: str = "th
     """Convert and load every parameter of ``model`` (a diffusers PixArtTransformer2DModel); any key left over on
     either side is a CheckpointError listing them."""
     conv = convert(original)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(conv.state_dict))
-    extra = sorted(set(conv.state_dict) - set(expected))
-    shapes = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in conv.state_dict.items()
-              if k in expected and v.shape != expected[k].shape]
-    problems = []
-    for what, keys in (("unknown keys", conv.unknown), ("parameters without a value", missing),
-                       ("keys the network does not have", extra), ("shape mismatches", shapes)):
-        if keys:
-            problems.append(f"{len(keys)} {what} ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''})")
-    if problems:
-        raise CheckpointError(f"{source} does not fit the PixArt network: " + "; ".join(problems))
-    model.load_state_dict(conv.state_dict, strict=True)
+    load_exactly(model, conv.state_dict, f"{source} does not fit the PixArt network", unknown=conv.unknown)
     return conv
 
 
 def load_sim_generator(path, model: torch.nn.Module) -> Conversion:
     """SIM's released one-step generator: ``torch.load(path)['ema']`` in original PixArt names."""
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"SIM generator {p} does not exist")
-    try:
-        data = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"SIM generator {p} is not a torch file that loads with weights_only "
-                              f"({str(e).splitlines()[0][:120]})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("ema"), dict):
-        found = sorted(map(str, data))[:6] if isinstance(data, dict) else type(data).__name__
-        raise CheckpointError(f"SIM generator {p} has no 'ema' state dict (found: {found})")
+    data = load_checked(p, "SIM generator")
+    if not isinstance(data.get("ema"), dict):
+        raise CheckpointError(f"SIM generator {p} has no 'ema' state dict (found: {sorted(map(str, data))[:6]})")
     return load_original_into(model, data["ema"], source=f"SIM generator {p}")

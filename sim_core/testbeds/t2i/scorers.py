@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from sim_core.errors import CheckpointError, ConfigError
+from sim_core.files import load_checked
+from sim_core.testbeds.t2i.state_dicts import load_exactly
 
 HEAD_KEYS = {f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")}
 PICKSCORE_MAX_TOKENS = 77  # PickScore's processor: CLIP's context length
@@ -49,15 +51,9 @@ class AestheticHead(nn.Module):
     @classmethod
     def from_file(cls, path) -> "AestheticHead":
         p = Path(path)
-        if not p.is_file():
-            raise CheckpointError(f"aesthetic head {p} does not exist")
-        try:
-            sd = torch.load(p, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"aesthetic head {p} is not a torch file that loads with weights_only "
-                                  f"({str(e).splitlines()[0][:120]})") from None
-        if not isinstance(sd, dict) or set(sd) != HEAD_KEYS:
-            keys = sorted(map(str, sd))[:4] if isinstance(sd, dict) else type(sd).__name__
+        sd = load_checked(p, "aesthetic head")
+        if set(sd) != HEAD_KEYS:
+            keys = sorted(map(str, sd))[:4]
             raise CheckpointError(f"{p} is not an aesthetic-predictor head (expected layers.{{0,2,4,6,7}}.weight/bias, "
                                   f"found {keys})")
         head = cls(int(sd["layers.0.weight"].shape[1]))
@@ -194,19 +190,6 @@ def convert_imagereward(sd: dict) -> tuple[dict, dict, dict, dict]:
     return vision, text, head, aside
 
 
-def _load_exact(module: nn.Module, sd: dict, what: str) -> None:
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(sd))
-    extra = sorted(set(sd) - set(expected))
-    shapes = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in sd.items()
-              if k in expected and v.shape != expected[k].shape]
-    problems = [f"{len(keys)} {kind} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
-                for kind, keys in (("missing", missing), ("unexpected", extra), ("shape mismatches", shapes)) if keys]
-    if problems:
-        raise CheckpointError(f"ImageReward checkpoint does not fit its {what}: " + "; ".join(problems))
-    module.load_state_dict(sd, strict=True)
-
-
 class ImageRewardScorer:
     """``vision`` a transformers ``BlipVisionModel``, ``text`` a ``BlipTextModel`` (cross-attention, no pooler),
     ``head`` an :class:`AestheticHead` of the text width, ``tokenizer`` BLIP's (bert-base-uncased with [DEC] and
@@ -225,7 +208,7 @@ class ImageRewardScorer:
         head = AestheticHead(text_config.hidden_size)
         for module, part, what in ((vision, vision_sd, "BLIP ViT"), (text, text_sd, "BERT text encoder"),
                                    (head, head_sd, "reward head")):
-            _load_exact(module, part, what)
+            load_exactly(module, part, f"ImageReward checkpoint does not fit its {what}")
         return cls(vision, text, head, tokenizer, processor)
 
     @torch.no_grad()
@@ -260,16 +243,10 @@ def load_imagereward(checkpoint, tokenizer_dir, device="cpu") -> ImageRewardScor
     """``ImageReward.pt`` and a local ``bert-base-uncased`` tokenizer folder (BLIP adds [DEC] and [ENC] to it)."""
     from transformers import BertTokenizer, CLIPImageProcessorPil
     p = Path(checkpoint)
-    if not p.is_file():
-        raise CheckpointError(f"ImageReward checkpoint {p} does not exist")
     if not Path(tokenizer_dir).is_dir():
         raise ConfigError(f"BERT tokenizer folder {tokenizer_dir} does not exist")
-    try:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"ImageReward checkpoint {p} is not a torch file that loads with weights_only "
-                              f"({str(e).splitlines()[0][:120]})") from None
-    if not isinstance(sd, dict) or not any(str(k).startswith("blip.") for k in sd):
+    sd = load_checked(p, "ImageReward checkpoint")
+    if not any(str(k).startswith("blip.") for k in sd):
         raise CheckpointError(f"{p} is not an ImageReward checkpoint (no blip.* keys)")
     tokenizer = BertTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     # BLIP's init_tokenizer

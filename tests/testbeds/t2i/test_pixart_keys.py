@@ -88,11 +88,14 @@ def test_every_key_that_does_not_fit_is_named(tmp_path, edit, message):
 
 
 def test_a_file_that_is_no_sim_generator_is_refused(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="SIM generator not found: .*none.pt"):
         load_sim_generator(tmp_path / "none.pt", tiny_pixart())
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(CheckpointError, match="is not a torch file that loads with weights_only"):
+    with pytest.raises(CheckpointError, match="SIM generator .*junk.pt is corrupt or not a torch file"):
         load_sim_generator(tmp_path / "junk.pt", tiny_pixart())
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="SIM generator .*list.pt holds a list, not a dict of tensors"):
+        load_sim_generator(tmp_path / "list.pt", tiny_pixart())
     torch.save({"G": {}}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match=r"has no 'ema' state dict \(found: \['G'\]\)"):
         load_sim_generator(tmp_path / "other.pt", tiny_pixart())

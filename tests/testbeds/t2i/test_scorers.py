@@ -97,7 +97,7 @@ def test_scorer_files_of_the_wrong_kind_are_refused(aesthetic_files, tmp_path):
     with pytest.raises(CheckpointError, match=r"other.pth is not an aesthetic-predictor head .*found \['fc.weight'\]"):
         AestheticScorer.from_files(clip_dir, tmp_path / "other.pth")
     (tmp_path / "junk.pth").write_bytes(b"\x00junk")
-    with pytest.raises(CheckpointError, match="is not a torch file that loads with weights_only"):
+    with pytest.raises(CheckpointError, match="aesthetic head .*junk.pth is corrupt or not a torch file"):
         AestheticHead.from_file(tmp_path / "junk.pth")
     torch.save(AestheticHead(768).state_dict(), tmp_path / "vitl.pth")  # the real head's size on a tiny CLIP
     with pytest.raises(ConfigError, match="the aesthetic head takes 768-d embeddings, the CLIP vision model gives 16"):
