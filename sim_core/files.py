@@ -118,6 +118,15 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def tree_sha256(path: str | Path) -> str:
+    """SHA-256 of a folder: of each file's relative path and SHA-256, in sorted order (a save_pretrained folder)."""
+    root = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(root).as_posix()}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
 def check_file(path: str | Path, what: str, sha256: str | None = None, hint: str = "",
                compute: bool = False) -> str | None:
     """A file that must exist and, when ``sha256`` is given, have that checksum; one CheckpointError line

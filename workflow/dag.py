@@ -52,10 +52,17 @@ def load(config: dict) -> tuple[ScaleConfig, Sweep, str]:
     return S, sweep, uri
 
 
+def asset_needs(S: ScaleConfig, name: str) -> dict:
+    """Builder argument -> path of each asset this one is built from (the asset rule's inputs)."""
+    from workflow.sweep import asset_path
+    return {arg: asset_path(S, other) for arg, other in S.assets[name].needs.items()}
+
+
 def launch_asset(S: ScaleConfig, name: str, out: str):
     from workflow.jobs import build_asset
     from workflow.launch import submit_and_wait
-    return submit_and_wait(build_asset, (name, S.assets[name].model_dump(), out), f"asset-{name}",
+    spec = {**S.assets[name].model_dump(exclude={"needs"}), **asset_needs(S, name)}
+    return submit_and_wait(build_asset, (name, spec, out), f"asset-{name}",
                            Path(S.results_dir) / "submitit" / "assets", S.executor, S.job_resources("teacher"),
                            job_files=[str(Path(out).with_suffix(".job.json"))])
 
@@ -89,8 +96,10 @@ def launch_group(S: ScaleConfig, SW: Sweep, group: str, uri: str, marker: str | 
 def launch_teacher_rows(S: ScaleConfig, SW: Sweep, experiment: str, uri: str, out: str):
     from workflow.jobs import teacher_rows
     from workflow.launch import submit_and_wait
+    from workflow.sweep import deep_merge
+    base = deep_merge(S.base, S.experiments[experiment].overrides)  # the experiment's runs' own settings
     return submit_and_wait(teacher_rows, (SW.teacher_rows[experiment], job_tracking_uri(S, uri),
-                                          S.base.get("eval", {}), out, _threads(S), S.base.get("device", "cpu"),
+                                          base.get("eval", {}), out, _threads(S), base.get("device", "cpu"),
                                           S.final_eval_protocol),
                            f"teacher-rows-{experiment}", Path(S.results_dir) / "submitit" / "teacher_rows",
                            S.executor, S.job_resources("teacher_rows"), job_files=[out + ".job.json"])

@@ -248,6 +248,10 @@ def teacher_rows(records: list[dict], tracking_uri: str, eval_cfg: dict, out: st
                          params=[Param("nfe", str(rec["nfe"])), Param("seed", str(rec["seed"])),
                                  Param("teacher", tb_cfg.teacher)],
                          tags=[RunTag("experiments", rec["experiment"])])
+        pictures = Path(out).parent / f"{Path(out).stem}-samples" / f"nfe{rec['nfe']}-s{rec['seed']}"
+        tb.save_teacher_samples(rec["nfe"], rec["seed"], pictures / "samples" / "teacher.png")
+        if (pictures / "samples").is_dir():
+            client.log_artifacts(run.info.run_id, str(pictures / "samples"), artifact_path="samples")
         client.set_terminated(run.info.run_id)
         done.append({**rec, "run_id": run.info.run_id, "final": metrics})
     atomic_write_json(out, done)

@@ -28,6 +28,7 @@ class AssetSpec(Strict):
     iterations: Optional[int] = Field(None, ge=1)
     batch_size: Optional[int] = Field(None, ge=1)
     seed: int = 0
+    needs: dict[str, str] = Field(default_factory=dict)  # builder argument -> another asset it is built from
 
     @model_validator(mode="after")
     def _buildable(self):
@@ -51,8 +52,10 @@ class Experiment(Strict):
     lrs: list[float] = Field(..., min_length=1)    # each used for both networks (as Table 5)
     seeds: list[int] = Field(..., min_length=1)
     rows: list[Row] = Field(..., min_length=1)
-    teacher_nfe: list[int] = Field(default_factory=list)   # teacher rows: EDM Heun sampler at these NFE
+    teacher_nfe: list[int] = Field(default_factory=list)   # teacher rows: the testbed's sampler at these NFE/steps
     teacher_seeds: list[int] = Field(default_factory=lambda: [0])
+    overrides: dict = Field(default_factory=dict)  # RunConfig values for every row (a row's own overrides win)
+    runs_per_job: Optional[int] = Field(None, ge=1)  # None: the scale's; fewer for runs that take longer
 
     @field_validator("lrs")
     @classmethod
@@ -61,19 +64,17 @@ class Experiment(Strict):
             raise ValueError(f"learning rates must be > 0, got {v}")
         return v
 
-    @field_validator("teacher_nfe")
-    @classmethod
-    def _nfe(cls, v):
-        if not all(n >= 1 and n % 2 == 1 for n in v):
-            raise ValueError(f"Heun NFE must be odd and >= 1 (NFE = 2 steps - 1), got {v}")
-        return v
-
     @model_validator(mode="after")
     def _labels_unique(self):
         labels = [r.label for r in self.rows]
         if len(set(labels)) != len(labels):
             raise ValueError(f"row labels must be unique, got {labels}")
-        TESTBEDS.get(self.testbed).dataset(self.conditional)  # the variant exists
+        spec = TESTBEDS.get(self.testbed)
+        spec.dataset(self.conditional)  # the variant exists
+        try:
+            spec.check_teacher_steps(self.teacher_nfe)
+        except ValueError as e:
+            raise ValueError(f"teacher_nfe: {e}") from None
         return self
 
 
@@ -158,6 +159,15 @@ class ScaleConfig(Strict):
         return v
 
     @model_validator(mode="after")
+    def _known_needs(self):
+        for name, a in self.assets.items():
+            bad = sorted(set(a.needs.values()) - set(self.assets))
+            if bad or name in a.needs.values():
+                raise ValueError(f"assets.{name}.needs: {bad or [name]} must be other assets of this scale; "
+                                 f"it has {', '.join(sorted(self.assets))}")
+        return self
+
+    @model_validator(mode="after")
     def _known_experiments(self):
         bad = set(self.experiments) - set(EXPERIMENTS)
         if bad:
@@ -167,7 +177,7 @@ class ScaleConfig(Strict):
         downloaded = set(manifest_names())
         for name, e in self.experiments.items():
             spec = TESTBEDS.get(e.testbed)
-            files = set(spec.assets[e.conditional].values()) & downloaded
+            files = spec.asset_names(e.conditional) & downloaded
             if files and self.asset_files is None:
                 raise ValueError(f"experiments.{name} uses {e.testbed}, whose files {sorted(files)} are downloaded: "
                                  "asset_files (where they are) is required")

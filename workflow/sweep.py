@@ -99,15 +99,24 @@ def download_paths(scale: ScaleConfig) -> dict[str, str]:
 
 
 def asset_path(scale: ScaleConfig, name: str) -> str:
+    """A downloaded file where it is; a built asset under <results_dir>/assets/: <name>.pt, or the folder <name>
+    when its testbed's builder writes a folder."""
     downloads = download_paths(scale)
-    return downloads[name] if name in downloads else str(Path(scale.results_dir) / "assets" / f"{name}.pt")
+    if name in downloads:
+        return downloads[name]
+    return str(Path(scale.results_dir) / "assets" / (name if is_folder_asset(scale, name) else f"{name}.pt"))
+
+
+def is_folder_asset(scale: ScaleConfig, name: str) -> bool:
+    spec = scale.assets.get(name)
+    return spec is not None and spec.kind in TESTBEDS.get(spec.testbed).folders
 
 
 def testbed_files(scale: ScaleConfig, testbed: str, conditional: bool) -> tuple[dict, list]:
     """The run config's testbed section of an experiment's testbed, and the files a job using it needs: each
     built asset, or the verification record of the downloaded ones."""
     spec = TESTBEDS.get(testbed)
-    names = set(spec.assets[conditional].values())
+    names = spec.asset_names(conditional)
     downloads = download_paths(scale)
     paths = {n: asset_path(scale, n) for n in names}
     pins = scale.asset_files.sha256 if scale.asset_files is not None else {}
@@ -121,7 +130,7 @@ def needed_assets(scale: ScaleConfig) -> tuple[set, set]:
     """(assets the DAG builds, files it downloads) that the experiments need."""
     from sim_core.assets import manifest_names
     downloadable = set(manifest_names())
-    names = {n for e in scale.experiments.values() for n in TESTBEDS.get(e.testbed).assets[e.conditional].values()}
+    names = {n for e in scale.experiments.values() for n in TESTBEDS.get(e.testbed).asset_names(e.conditional)}
     return names - downloadable, names & downloadable
 
 
@@ -146,7 +155,7 @@ def expand(scale: ScaleConfig) -> Sweep:
                 for seed in (row.seeds if row.seeds is not None else exp.seeds):
                     cfg = deep_merge(scale.base, {"name": "", "scale": scale.scale, "seed": seed, "testbed": section,
                                                   "method": row.method, "optim": {"lr_gen": lr, "lr_online": lr}})
-                    cfg = deep_merge(cfg, row.overrides)
+                    cfg = deep_merge(deep_merge(cfg, exp.overrides), row.overrides)
                     try:
                         parsed = parse_config(cfg)
                     except ConfigError as e:
@@ -168,9 +177,11 @@ def expand(scale: ScaleConfig) -> Sweep:
     groups: dict[str, list] = {}
     for exp_name in EXPERIMENTS:
         owned = sorted(n for n, r in runs.items() if r.owner == exp_name)
-        for i in range(0, len(owned), scale.runs_per_job):
-            g = f"{exp_name}-{i // scale.runs_per_job:03d}"
-            groups[g] = owned[i:i + scale.runs_per_job]
+        exp = scale.experiments.get(exp_name)
+        per_job = (exp.runs_per_job if exp is not None else None) or scale.runs_per_job
+        for i in range(0, len(owned), per_job):
+            g = f"{exp_name}-{i // per_job:03d}"
+            groups[g] = owned[i:i + per_job]
             for n in groups[g]:
                 runs[n].group = g
     teacher_rows = {name: _teacher_rows(scale, name, exp) for name, exp in scale.experiments.items() if exp.teacher_nfe}
@@ -189,14 +200,14 @@ def _teacher_rows(scale: ScaleConfig, exp_name: str, exp) -> list[dict]:
     from sim_core.train.config import EvalConfig
     spec = TESTBEDS.get(exp.testbed)
     section, inputs = testbed_files(scale, exp.testbed, exp.conditional)
-    eval_cfg = EvalConfig(**scale.base.get("eval", {}))
+    eval_cfg = EvalConfig(**deep_merge(scale.base, exp.overrides).get("eval", {}))
     base = spec.protocol(eval_cfg, scale.final_eval_seeds, scale.final_eval_protocol)
     rows = []
     for nfe in exp.teacher_nfe:
         protocol = dataclasses.replace(base, generator=f"the teacher's {spec.teacher_sampler} at {nfe} NFE",
                                        trials=1 if base.rule == "mean" else base.trials)
         for seed in exp.teacher_seeds:
-            rows.append(dict(experiment=exp_name, label=f"Teacher (Heun, NFE {nfe})", method="teacher", alpha=None,
+            rows.append(dict(experiment=exp_name, label=spec.teacher_label(nfe), method="teacher", alpha=None,
                              time_dist=None, weighting=None, lr=None, seed=seed, testbed=exp.testbed,
                              conditional=exp.conditional, nfe=nfe, scale=scale.scale,
                              dataset=spec.dataset(exp.conditional), protocol=dataclasses.asdict(protocol),

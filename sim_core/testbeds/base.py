@@ -71,12 +71,15 @@ def collapse_reason(x: torch.Tensor, data_range=None) -> str | None:
 
 
 class Testbed:
-    """A loaded testbed: ``D_teacher`` (the EDM denoiser), ``data_shape``, ``label_dim`` and ``meta``."""
+    """A loaded testbed: ``D_teacher`` (the EDM denoiser whose score the losses use), ``D_init`` (the network the
+    generator and D_psi start from: the teacher's own, which differs from D_teacher only under guidance),
+    ``data_shape``, ``label_dim`` and ``meta``."""
 
     data_range = None  # (low, high) where the data is bounded (images in [-1, 1]); None: unbounded
 
-    def __init__(self, D_teacher, meta: dict):
+    def __init__(self, D_teacher, meta: dict, D_init=None):
         self.D_teacher, self.meta = D_teacher, meta
+        self.D_init = D_teacher if D_init is None else D_init
         self.data_shape = tuple(meta["data_shape"])
         self.label_dim = int(meta["label_dim"])
 
@@ -122,6 +125,10 @@ class Testbed:
 
     def save_samples(self, G, path, seed: int) -> None:
         raise NotImplementedError
+
+    def save_teacher_samples(self, nfe: int, seed: int, path) -> None:
+        """A picture of the teacher's own sampler at ``nfe`` (a teacher row's); None where a testbed draws none."""
+        return None
 
 
 def save_image_grid(x: torch.Tensor, path, nrow: int = 10, scale: int = 1) -> None:

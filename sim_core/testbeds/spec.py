@@ -56,8 +56,10 @@ class TestbedConfig(Strict):
 @dataclass(frozen=True)
 class TestbedSpec:
     """One testbed. ``assets`` maps a config field (the role) to the asset that fills it, per conditioning;
+    an asset may be named with a path inside it ("scorers_toy/pickscore/model": a folder of a folder asset);
     ``runtime`` is "module:function" building the runtime testbed (networks, metrics) from the config section;
-    ``builders`` maps an asset kind the DAG builds here (teacher, classifier) to "module:function"."""
+    ``builders`` maps an asset kind the DAG builds here (teacher, classifier) to "module:function", and ``folders``
+    names the kinds whose builder writes a folder (save_pretrained layouts) rather than one file."""
     name: str
     config: type
     metrics: tuple
@@ -68,6 +70,23 @@ class TestbedSpec:
     features: str = ""                       # what the metrics are computed in (the evaluation protocol)
     reference: str = ""                      # what the samples are compared with
     teacher_sampler: str = "EDM Heun sampler (rho = 7)"
+    folders: tuple = ()
+    teacher_steps: str = "NFE"               # what the teacher rows' step counts are (Heun NFE are odd)
+
+    def asset_names(self, conditional: bool) -> set:
+        """The assets (built or downloaded) a variant needs."""
+        return {a.split("/")[0] for a in self.assets[conditional].values()}
+
+    def check_teacher_steps(self, steps) -> None:
+        if self.teacher_steps == "NFE" and not all(n >= 1 and n % 2 == 1 for n in steps):
+            raise ValueError(f"Heun NFE must be odd and >= 1 (NFE = 2 steps - 1), got {steps}")
+        if not all(n >= 1 for n in steps):
+            raise ValueError(f"teacher steps must be >= 1, got {steps}")
+
+    def teacher_label(self, steps: int) -> str:
+        if self.teacher_steps == "NFE":
+            return f"Teacher (Heun, NFE {steps})"
+        return f"Teacher ({self.teacher_sampler.split(' ')[0]}, {steps} steps)"
 
     def metric(self, key: str) -> Metric:
         for m in self.metrics:
@@ -90,8 +109,9 @@ class TestbedSpec:
         self.dataset(conditional)
         fields = self.config.model_fields
         section: dict[str, Any] = {"kind": self.name, "conditional": conditional}
-        for role, asset in self.assets[conditional].items():
-            section[role] = paths[asset]
+        for role, target in self.assets[conditional].items():
+            asset, _, inside = target.partition("/")
+            section[role] = f"{paths[asset]}/{inside}" if inside else paths[asset]
             if pins.get(asset) and f"{role}_sha256" in fields:
                 section[f"{role}_sha256"] = pins[asset]
         return section

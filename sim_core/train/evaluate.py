@@ -24,11 +24,12 @@ def latest_snapshot(run_dir) -> Path:
 
 def load_generator(path, testbed: Testbed) -> OneStepGenerator:
     s = load_checked(path, "generator snapshot", fmt=SNAPSHOT_FORMAT)
-    G = OneStepGenerator(copy.deepcopy(testbed.D_teacher), s["t_star"])
+    G = OneStepGenerator(copy.deepcopy(testbed.D_init), s["t_star"])
     try:
         G.load_state_dict(s["G_ema"])
     except RuntimeError as e:
-        raise CheckpointError(f"snapshot {path} does not match the teacher's network: {str(e).splitlines()[0][:200]}") from None
+        raise CheckpointError(f"snapshot {path} does not match the teacher's network: "
+                              f"{str(e).splitlines()[0][:200]}") from None
     return G.eval().requires_grad_(False)
 
 

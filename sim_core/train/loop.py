@@ -66,9 +66,11 @@ class Distiller:
         torch.manual_seed(cfg.seed)
         self.D_teacher = testbed.D_teacher.to(self.device, self.dtype).eval().requires_grad_(False)
         to_memory_format(self.D_teacher, cfg.perf)
-        # Generator and online network both start from the teacher (Appendix B.2).
-        self.G = OneStepGenerator.from_teacher(self.D_teacher, cfg.generator.t_star).train().requires_grad_(True)
-        self.D_psi = copy.deepcopy(self.D_teacher).train()
+        # Generator and online network both start from the teacher (Appendix B.2): its own network, also where the
+        # score the theta-step uses is a guided combination of it (text-to-image CFG).
+        D_init = testbed.D_init.to(self.device, self.dtype)
+        self.G = OneStepGenerator.from_teacher(D_init, cfg.generator.t_star).train().requires_grad_(True)
+        self.D_psi = copy.deepcopy(D_init).train()
         if cfg.networks.dropout is not None:  # the teacher keeps its own (it runs in eval mode anyway)
             set_dropout(self.G, cfg.networks.dropout)
             set_dropout(self.D_psi, cfg.networks.dropout)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 PACKAGES = ("torch", "torchvision", "torch-fidelity", "numpy", "scipy", "scikit-learn", "pydantic", "mlflow",
-            "snakemake", "submitit", "sim-harness")
+            "snakemake", "submitit", "diffusers", "transformers", "sim-harness")
 
 
 def git_state(repo_dir: Path | None = None) -> dict:

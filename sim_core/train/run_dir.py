@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from sim_core.errors import CheckpointError, ConfigError, RunDirError
-from sim_core.files import atomic_write_json, atomic_write_text, sha256_file
+from sim_core.files import atomic_write_json, atomic_write_text, sha256_file, tree_sha256
 from sim_core.train.config import RunConfig, parse_config
 from sim_core.train.provenance import provenance
 
@@ -98,6 +98,16 @@ def read_run_config(run_dir) -> RunConfig:
                           "--run-dir") from None
 
 
+def teacher_digest(teacher: Path) -> dict:
+    """The teacher's checksum: of its file, or of its network's folder (a diffusers pipeline's transformer/)."""
+    if teacher.is_file():
+        return {"teacher_sha256": sha256_file(teacher)}
+    if teacher.is_dir():
+        net = teacher / "transformer" if (teacher / "transformer").is_dir() else teacher
+        return {"teacher_sha256": None, "teacher_tree_sha256": tree_sha256(net)}
+    return {"teacher_sha256": None}
+
+
 def prepare_run_dir(cfg: RunConfig, run_dir) -> Path:
     """Create the run directory with its provenance, or check that an existing one holds the same config."""
     run_dir = Path(run_dir)
@@ -120,10 +130,13 @@ def prepare_run_dir(cfg: RunConfig, run_dir) -> Path:
         if created and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()
         raise RunDirError(f"run directory {run_dir} cannot be written: {e.strerror or e}") from None
-    teacher = Path(cfg.testbed.teacher)
     atomic_write_json(run_dir / "provenance.json",
-                      provenance(cfg.hash(), {"teacher_sha256": sha256_file(teacher) if teacher.is_file() else None,
-                                              "threads": cfg.threads}))
+                      provenance(cfg.hash(), {**teacher_digest(Path(cfg.testbed.teacher)), "threads": cfg.threads,
+                                              "time_distributions": {
+                                                  "theta": {"name": cfg.method.time_dist,
+                                                            **cfg.method.time_distribution().params()},
+                                                  "psi": {"name": cfg.online.time_dist,
+                                                          **cfg.online.time_distribution().params()}}}))
     atomic_write_text(run_dir / "config_hash.txt", cfg.hash() + "\n")
     atomic_write_text(cfg_path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return run_dir

@@ -15,6 +15,7 @@ FIGURES = {
     "figure2": ("figure2", ("figure2.png", "figure2.pdf")),
     "fid_convergence": ("figure2", ("figure_b6_fid_convergence.png", "figure_b6_fid_convergence.pdf")),
     "lr_sweep": ("lr_sweep", ("lr_sweep.png", "lr_sweep.pdf", "lr_sweep.csv")),
+    "figure3": ("table3", ("figure3.png", "figure3.pdf")),
 }
-EXPERIMENTS = TABLES + tuple(dict.fromkeys(exp for exp, _ in FIGURES.values()))
+EXPERIMENTS = tuple(dict.fromkeys(TABLES + tuple(exp for exp, _ in FIGURES.values())))
 TARGETS = TABLES + tuple(FIGURES)

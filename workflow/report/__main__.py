@@ -2,8 +2,9 @@
 
     python -m workflow.report TARGET --manifest M.json --tracking-uri URI --out-dir DIR
 
-TARGET: a table (workflow/paper/<table>.yaml) or a figure (figure2, fid_convergence, lr_sweep). Bad input prints a
-one-line error on stderr and exits 2, writing nothing: every output is written atomically, after all inputs are read.
+TARGET: a table (workflow/paper/<table>.yaml) or a figure (figure2, fid_convergence, lr_sweep, figure3). Bad input
+prints a one-line error on stderr and exits 2, writing nothing: every output is written atomically, after all inputs
+are read.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def run_target(target: str, manifest, tracking_uri: str, out_dir) -> list[Path]:
         return write_table(target, manifest, tracking_uri, out_dir)
     from workflow.report import figures
     writers = {"figure2": figures.figure2, "fid_convergence": figures.fid_convergence,
-               "lr_sweep": figures.lr_sweep_figure}
+               "lr_sweep": figures.lr_sweep_figure, "figure3": figures.figure3}
     return writers[target](manifest, tracking_uri, out_dir)
 
 

@@ -243,3 +243,63 @@ def lr_sweep_figure(manifest_records, tracking_uri: str, out_dir) -> list[Path]:
     fig, table = build_lr_sweep(manifest_records, tracking_uri)
     paths = _save_figure(fig, out_dir, "lr_sweep")
     return paths + [atomic_write_text(Path(out_dir) / "lr_sweep.csv", table.to_csv(index=False))]
+
+
+# ---- Figure 3: prompts x {teacher, SIM, SiD, DI} -------------------------------------------------------------------
+FIGURE3_PROMPTS = 10  # rows: prompts spread evenly over the evaluation prompts
+
+
+def _sample_tensor(client, run_id: str, tmp) -> dict:
+    """The newest sample picture's tensor (samples/*.pt) an MLflow run holds: images (uint8) and their prompts."""
+    import torch
+    names = sorted(a.path for a in client.list_artifacts(run_id, "samples") if a.path.endswith(".pt"))
+    if not names:
+        raise ValueError(f"MLflow run {run_id} holds no sample tensor (samples/*.pt)")
+    newest = ([n for n in names if Path(n).name.startswith("step-")] or names)[-1]
+    return torch.load(client.download_artifacts(run_id, newest, str(tmp)), weights_only=True)
+
+
+def figure3_columns(records) -> list[dict]:
+    """One record per column: the teacher row with the most steps first, then each distilled label; seed 0 (or
+    the lowest seed) of each."""
+    groups = by_label(records)
+    teachers = [recs for recs in groups.values() if recs[0]["method"] == "teacher"]
+    chosen = [max(teachers, key=lambda recs: recs[0]["nfe"])] if teachers else []
+    chosen += [recs for recs in groups.values() if recs[0]["method"] != "teacher"]
+    return [min(recs, key=lambda r: r["seed"]) for recs in chosen]
+
+
+def build_figure3(manifest_records, tracking_uri: str):
+    """Figure 3's layout: one row per prompt, one column per method, each the same prompt and evaluation noise."""
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+    records = select(manifest_records, "table3")
+    columns = figure3_columns(records)
+    client = MlflowClient(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        samples = [_sample_tensor(client, r["run_id"], Path(tmp) / str(i)) for i, r in enumerate(columns)]
+    prompts = samples[0]["prompts"]
+    if any(s["prompts"] != prompts for s in samples):
+        raise ValueError("the sample pictures of table3's runs are for different prompts")
+    k = min(FIGURE3_PROMPTS, len(prompts))
+    rows = [round(i * (len(prompts) - 1) / max(k - 1, 1)) for i in range(k)]
+    fig, axes = _new_figure(k, len(columns), (1.3 * len(columns) + 2.2, 1.3 * k))
+    for j, (rec, s) in enumerate(zip(columns, samples)):
+        title = rec["label"] + ("" if rec["method"] == "teacher" else f"\n(1 step, seed {rec['seed']})")
+        axes[0][j].set_title(title, fontsize=7)
+        for i, p in enumerate(rows):
+            ax = axes[i][j]
+            ax.imshow(s["images"][p].permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
+            if j == 0:
+                ax.set_ylabel(prompts[p], fontsize=6, rotation=0, ha="right", va="center")
+    fig.suptitle(f"Figure 3 ({records[0]['scale']}-scale reproduction on {records[0]['dataset']}; paper: PixArt-alpha "
+                 "512px): one prompt per row;\nthe one-step generators share their evaluation noise, the teacher draws "
+                 "its own", fontsize=8)
+    return fig
+
+
+def figure3(manifest_records, tracking_uri: str, out_dir) -> list[Path]:
+    """Write out_dir/figure3.png and .pdf."""
+    return _save_figure(build_figure3(manifest_records, tracking_uri), out_dir, "figure3")

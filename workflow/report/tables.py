@@ -31,6 +31,7 @@ class MetricColumn(Strict):
     paper: Optional[str] = None         # the paper CSV's column, if the paper reports it
     lower_is_better: bool
     decimals: int = 2                   # how the paper's values are printed
+    optional: bool = False              # left out where the testbed has no metric for it
 
 
 class PaperColumns(Strict):
@@ -59,10 +60,17 @@ class TableSpec(Strict):
     paper_csv: str
     paper_columns: PaperColumns
     steps_name: str = "steps"
+    group_name: Optional[str] = None    # shown as a column of the md/tex tables under this header; None: not shown
     metrics: list[MetricColumn] = Field(..., min_length=1)
     rows: dict[str, PaperRow] = Field(default_factory=dict)
     teacher: Optional[PaperRow] = None  # our teacher rows reproduce this paper method at the same step count
     claims: list[Claim] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)  # caption lines (what a column cannot show yet)
+
+    def for_testbed(self, tb) -> "TableSpec":
+        """The spec without the optional columns the testbed has no metric for."""
+        kept = [m for m in self.metrics if not m.optional or tb.for_column(m.column) is not None]
+        return self.model_copy(update={"metrics": kept})
 
 
 def table_spec(which: str) -> TableSpec:
@@ -178,6 +186,7 @@ def build_table(which: str, manifest_records, tracking_uri: str) -> pd.DataFrame
     spec = table_spec(which)
     records = select(manifest_records, which)
     tb = testbed_spec(records)
+    spec = spec.for_testbed(tb)
     metrics = {m.column: tb.for_column(m.column) for m in spec.metrics}
     missing = [c for c, m in metrics.items() if m is None]
     if missing:
@@ -215,13 +224,14 @@ def caption(which: str, frame: pd.DataFrame, records) -> list[str]:
         draws = f"{p.trials} noise draw per seed" if p.rule == "mean" else f"{p.trials} trials"
         lines.append(f"Teacher rows: the teacher's {tb.teacher_sampler} at the row's {spec.steps_name}, {draws}, "
                      "otherwise the same protocol.")
-    return lines
+    return lines + spec.notes
 
 
 def display(spec: TableSpec, metrics) -> list[tuple[str, str]]:
     """(column, header) of the md/tex tables: scale, dataset and protocol are in the caption instead."""
     steps = spec.paper_columns.steps
-    out = [("source", "Source"), ("method", "Method"), (steps, spec.steps_name)]
+    out = [("source", "Source")] + ([("group", spec.group_name)] if spec.group_name else []) + \
+        [("method", "Method"), (steps, spec.steps_name)]
     if spec.paper_columns.reproduced:
         out.append(("reproduced_by_authors", "Repro. by SIM authors"))
     for m in spec.metrics:
@@ -273,10 +283,10 @@ def to_latex(frame: pd.DataFrame, spec: TableSpec, cols, lines: list[str]) -> st
 
 def write_table(which: str, manifest_records, tracking_uri: str, out_dir) -> list[Path]:
     """Write out_dir/{which}.csv, .md and .tex (only once everything is read); returns the paths written."""
-    spec = table_spec(which)
     frame = build_table(which, manifest_records, tracking_uri)
     records = select(manifest_records, which)
     tb = testbed_spec(records)
+    spec = table_spec(which).for_testbed(tb)
     cols = display(spec, {m.column: tb.for_column(m.column) for m in spec.metrics})
     lines = caption(which, frame, manifest_records)
     texts = {".csv": frame.to_csv(index=False), ".md": to_markdown(frame, spec, cols, lines),

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sim_core.core.edm import sigma_view
+from sim_core.testbeds.t2i.cond import TextCond
 
 M = 1000           # SIM's wrapper: table size = PixArt's number of DDPM steps
 C_1 = 0.001        # SIM's wrapper: floor of 1 - beta in the table recursion (EDM's iDDPM default)
@@ -74,3 +75,28 @@ class PixArtEDM(nn.Module):
                          return_dict=False)[0]
         eps = out[:, :x.shape[1]]
         return x - s * eps  # c_skip = 1, c_out = -sigma
+
+
+class GuidedDenoiser(nn.Module):
+    """Classifier-free guidance against a fixed null caption: D_w(x; sigma, c) = D(x; sigma, null) + w (D(x; sigma, c)
+    - D(x; sigma, null)). For D = x - sigma eps_hat this is PixArt's guidance of eps_hat; w = 1 is D itself. Both
+    halves run as one batch, as diffusers' pipeline does."""
+
+    def __init__(self, D: nn.Module, null: TextCond, guidance: float):
+        super().__init__()
+        if len(null) != 1:
+            raise ValueError(f"the null caption is one conditioning, got a batch of {len(null)}")
+        self.D, self.guidance = D, float(guidance)
+        self.register_buffer("null_states", null.states.detach().clone(), persistent=False)
+        self.register_buffer("null_mask", null.mask.detach().clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor, sigma, cond: TextCond) -> torch.Tensor:
+        if self.guidance == 1.0:
+            return self.D(x, sigma, cond)
+        n = x.shape[0]
+        both = TextCond(torch.cat([self.null_states.to(cond.states.dtype).expand(n, -1, -1), cond.states]),
+                        torch.cat([self.null_mask.to(cond.mask.dtype).expand(n, -1), cond.mask]))
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        s = torch.cat([s, s]) if s.ndim and s.shape[0] == n else s
+        d_null, d_text = self.D(torch.cat([x, x]), s, both).chunk(2)
+        return d_null + self.guidance * (d_text - d_null)

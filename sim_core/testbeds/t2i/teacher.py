@@ -4,6 +4,7 @@ wrapper (edm_pixart.py) applies to it unchanged. Captions come from the training
 the null prompt for classifier-free guidance. Written with save_pretrained into one folder, atomically."""
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from sim_core.files import atomic_directory, atomic_write_json
 from sim_core.testbeds.t2i.cond import TextCond
 from sim_core.testbeds.t2i.edm_pixart import BETA_END, BETA_START, M
-from sim_core.testbeds.t2i.text import TextEncoder
+from sim_core.testbeds.t2i.text import MAX_TOKENS, TextEncoder
 from sim_core.testbeds.t2i.toy import NULL_PROMPT, TRAIN_TEMPLATES, digit_latents, prompt
 
 # The toy DiT: PixArt's blocks at 4 x 4 x 4 latents, one token per latent pixel (~320 k parameters)
@@ -40,11 +41,12 @@ def ddpm_loss(net, x0: torch.Tensor, cond: TextCond, t: torch.Tensor, eps: torch
 
 def train_toy_teacher(out_dir, t5_dir, iterations: int = 3000, batch_size: int = 128, lr: float = 1e-3,
                       seed: int = 0, caption_dropout: float = CAPTION_DROPOUT, dit: dict | None = None,
-                      log_every: int = 100) -> dict:
+                      max_tokens: int = MAX_TOKENS, log_every: int = 100) -> dict:
     """Train and write ``out_dir/transformer`` (save_pretrained) and ``out_dir/teacher.json``. The training prompts
-    are encoded once (4 templates x 10 digits, and the null prompt)."""
+    are encoded once (4 templates x 10 digits, and the null prompt) to ``max_tokens``. Adam at ``lr`` with a cosine
+    decay to 0 (the toy's choice: PixArt's own schedule is a constant lr after warm-up over far longer training)."""
     from diffusers import PixArtTransformer2DModel
-    text = TextEncoder.from_folders(Path(t5_dir) / "tokenizer", Path(t5_dir) / "text_encoder")
+    text = TextEncoder.from_folders(Path(t5_dir) / "tokenizer", Path(t5_dir) / "text_encoder", max_length=max_tokens)
     prompts = [prompt(d, t) for d in range(10) for t in TRAIN_TEMPLATES] + [NULL_PROMPT]
     table = text(prompts)
     null = len(prompts) - 1
@@ -57,6 +59,8 @@ def train_toy_teacher(out_dir, t5_dir, iterations: int = 3000, batch_size: int =
     abar = alphas_cumprod()
     curve, t0 = [], time.time()
     for it in range(1, iterations + 1):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (it - 1) / iterations))
         idx = torch.randint(0, len(x_all), (batch_size,), generator=g)
         which = labels[idx] * len(TRAIN_TEMPLATES) + torch.randint(0, len(TRAIN_TEMPLATES), (batch_size,), generator=g)
         which = torch.where(torch.rand(batch_size, generator=g) < caption_dropout, torch.full_like(which, null), which)
@@ -69,7 +73,8 @@ def train_toy_teacher(out_dir, t5_dir, iterations: int = 3000, batch_size: int =
         if it % log_every == 0 or it == 1:
             curve.append({"iteration": it, "loss": round(loss.item(), 6)})
     meta = {"kind": "toy_pixart_teacher", "iterations": iterations, "batch_size": batch_size, "lr": lr, "seed": seed,
-            "caption_dropout": caption_dropout, "dit": cfg, "prompts": prompts[:-1], "null_prompt": NULL_PROMPT,
+            "caption_dropout": caption_dropout, "max_tokens": max_tokens, "dit": cfg, "prompts": prompts[:-1],
+            "null_prompt": NULL_PROMPT,
             "loss_curve": curve, "seconds": round(time.time() - t0, 1)}
     with atomic_directory(out_dir) as tmp:
         net.eval().save_pretrained(tmp / "transformer")

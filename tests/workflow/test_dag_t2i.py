@@ -1,0 +1,88 @@
+"""Table 3 and Figure 3 through the whole DAG at smoke scale: the text-to-image toy's folder assets (tiny T5, PixArt
+teacher, scorer stand-ins) built by Snakemake, SIM, SiD and DI on the t2i_digits testbed, the DPM-Solver teacher rows,
+MLflow, the table with the paper's rows and the "almost lossless" flags, and the figure grid. A rerun is a no-op."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workflow.report.manifest import by_label
+
+ROOT = Path(__file__).resolve().parents[2]
+COLUMNS = {"aes_score": "aesthetic", "image_reward": "imagereward", "pick_score": "pickscore",
+           "align_train": "align_train", "align_heldout": "align_heldout", "fid": "fid"}
+
+
+def _snakemake(results, *args):
+    return subprocess.run([sys.executable, "-m", "snakemake", *args, "--cores", "2", "--quiet", "progress",
+                           "--config", "scale=smoke_t2i", f"results_dir={results}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke_t2i(tmp_path_factory):
+    results = tmp_path_factory.mktemp("smoke_t2i") / "results"
+    p = _snakemake(results, "all_tables")
+    assert p.returncode == 0, p.stderr[-3000:]
+    return results
+
+
+def test_the_folder_assets_are_built_in_their_layouts(smoke_t2i):
+    assets = smoke_t2i / "assets"
+    assert (assets / "t5_toy" / "tokenizer").is_dir() and (assets / "t5_toy" / "text_encoder").is_dir()
+    assert (assets / "teacher_t2i_digits" / "transformer" / "config.json").is_file()
+    teacher = json.loads((assets / "teacher_t2i_digits" / "teacher.json").read_text())
+    assert teacher["iterations"] == 30 and teacher["max_tokens"] == 16
+    for part in ("aesthetic/head.pth", "pickscore/model", "imagereward/ImageReward.pt"):
+        assert (assets / "scorers_toy" / part).exists()
+    assert not list(assets.glob(".*.tmp"))  # atomic folders: no temporary left
+
+
+def test_table3_lists_the_papers_rows_and_ours_from_mlflow(smoke_t2i):
+    from mlflow.tracking import MlflowClient
+    frame = pd.read_csv(smoke_t2i / "tables" / "table3.csv")
+    paper = pd.read_csv(ROOT / "workflow" / "paper" / "table3_t2i.csv", comment="#")
+    listed = frame[frame["source"] == "paper"]
+    assert list(listed["method"]) == list(paper["model"]) and list(listed["group"]) == list(paper["eval_set"])
+    assert listed["paper_aes_score"].tolist() == paper["aes_score"].tolist()
+    ours = frame[frame["source"] == "ours"].set_index("method")
+    assert list(ours.index) == ["SIM", "SiD (alpha=1.0)", "DI", "Teacher (DPM-Solver++, 30 steps)",
+                                "Teacher (DPM-Solver++, 2 steps)"]
+    client = MlflowClient(f"sqlite:///{smoke_t2i / 'mlflow.db'}")
+    records = json.loads((smoke_t2i / "manifests" / "table3.json").read_text())
+    for label, recs in by_label(records).items():
+        finals = [client.get_run(r["run_id"]).data.metrics for r in recs]
+        for column, key in COLUMNS.items():
+            values = [m[f"final/{key}"] for m in finals]
+            assert all(math.isfinite(v) for v in values)
+            assert ours.loc[label, f"{column}_mean"] == pytest.approx(np.mean(values), rel=1e-12)
+        assert 0 <= ours.loc[label, "align_train_mean"] <= 1
+    assert ours.loc["SIM", "paper_aes_score"] == 6.42 and ours.loc["Teacher (DPM-Solver++, 30 steps)",
+                                                                     "paper_aes_score"] == 5.97
+    assert math.isnan(ours.loc["Teacher (DPM-Solver++, 2 steps)", "paper_aes_score"])  # no paper row at 2 steps
+    flags = ours.loc["SIM", "flag"].split("; ")
+    assert len(flags) == 2 and "toy aesthetic stand-in (paper: >= 99.6%)" in flags[0]
+    assert "toy PickScore stand-in (cosine) (paper: >= 100%)" in flags[1]
+    kept = ours.loc["SIM", "aes_score_mean"] / ours.loc["Teacher (DPM-Solver++, 30 steps)", "aes_score_mean"]
+    assert f"SIM keeps {100 * kept:.1f}%" in flags[0]
+    md = (smoke_t2i / "tables" / "table3.md").read_text()
+    assert "Our toy aesthetic stand-in" in md and "Our toy ImageReward stand-in" in md  # never the real names
+    assert "no study of ours has responses yet" in md and "| Evaluation set " in md
+
+
+def test_figure3_and_a_rerun_that_does_nothing(smoke_t2i):
+    from PIL import Image
+    png = smoke_t2i / "figures" / "figure3.png"
+    assert (smoke_t2i / "figures" / "figure3.pdf").stat().st_size > 0
+    w, h = Image.open(png).size
+    assert min(w, h) > 500  # ten prompt rows, four method columns
+    before = {p: p.stat().st_mtime_ns for p in (smoke_t2i / "tables").iterdir()}
+    p = _snakemake(smoke_t2i, "all_tables")
+    assert p.returncode == 0 and {q: q.stat().st_mtime_ns for q in (smoke_t2i / "tables").iterdir()} == before
