@@ -11,6 +11,8 @@ saves: uint8 tensors (B, 3, H, W).
 """
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import torch
@@ -90,7 +92,7 @@ class AestheticScorer:
         try:
             vision = CLIPVisionModelWithProjection.from_pretrained(str(clip_dir), local_files_only=True)
             processor = CLIPImageProcessorPil.from_pretrained(str(clip_dir), local_files_only=True)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: transformers' size mismatch
             raise ConfigError(f"cannot load CLIP from {clip_dir}: {str(e).splitlines()[0][:200]}") from None
         return cls(vision.to(device), processor, AestheticHead.from_file(head_path).to(device))
 
@@ -116,7 +118,7 @@ class PickScorer:
             model = CLIPModel.from_pretrained(str(model_dir), local_files_only=True)
             processor = CLIPProcessor(CLIPImageProcessorPil.from_pretrained(str(processor_dir), local_files_only=True),
                                       CLIPTokenizer.from_pretrained(str(processor_dir), local_files_only=True))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RuntimeError) as e:
             raise ConfigError(f"cannot load PickScore from {model_dir}: {str(e).splitlines()[0][:200]}") from None
         return cls(model.to(device), processor)
 
@@ -143,6 +145,13 @@ class PickScorer:
 IMAGEREWARD_MEAN, IMAGEREWARD_STD = 0.16717362830052426, 1.0333394966054072  # ImageReward.py
 IMAGEREWARD_MAX_TOKENS = 35
 IMAGEREWARD_SIZE = 224
+# optional files beside the checkpoint: ImageReward's download ships med_config.json (BLIP's text encoder in BERT's
+# format); a toy stand-in adds its vision config and its z-normalisation, which ImageReward fixes in its code
+IMAGEREWARD_TEXT_CONFIG = "med_config.json"
+IMAGEREWARD_VISION_CONFIG = "vision_config.json"
+IMAGEREWARD_NORMALISATION = "reward_normalisation.json"
+MED_CONFIG_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                   "max_position_embeddings", "layer_norm_eps", "hidden_act", "pad_token_id")
 VIT_RENAMES = [  # BLIP's vit.py (timm's layout) -> transformers' BlipVisionModel
     (r"cls_token", "embeddings.class_embedding"),
     (r"pos_embed", "embeddings.position_embedding"),
@@ -193,14 +202,20 @@ def convert_imagereward(sd: dict) -> tuple[dict, dict, dict, dict]:
 class ImageRewardScorer:
     """``vision`` a transformers ``BlipVisionModel``, ``text`` a ``BlipTextModel`` (cross-attention, no pooler),
     ``head`` an :class:`AestheticHead` of the text width, ``tokenizer`` BLIP's (bert-base-uncased with [DEC] and
-    [ENC] added), ``processor`` CLIP's PIL preprocessing at 224 (ImageReward's transform)."""
+    [ENC] added), ``processor`` CLIP's PIL preprocessing at 224 (ImageReward's transform); ``mean`` and ``std``
+    the z-normalisation of the head's output (ImageReward's published constants unless given)."""
 
-    def __init__(self, vision, text, head: AestheticHead, tokenizer, processor):
+    def __init__(self, vision, text, head: AestheticHead, tokenizer, processor, mean: float = IMAGEREWARD_MEAN,
+                 std: float = IMAGEREWARD_STD):
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise ConfigError(f"ImageReward z-normalisation needs a finite mean and a positive std, got {mean}, {std}")
         self.vision, self.text = vision.eval().requires_grad_(False), text.eval().requires_grad_(False)
         self.head, self.tokenizer, self.processor = head.eval(), tokenizer, processor
+        self.mean, self.std = float(mean), float(std)
 
     @classmethod
-    def from_state_dict(cls, sd: dict, vision_config, text_config, tokenizer, processor) -> "ImageRewardScorer":
+    def from_state_dict(cls, sd: dict, vision_config, text_config, tokenizer, processor, mean: float = IMAGEREWARD_MEAN,
+                        std: float = IMAGEREWARD_STD) -> "ImageRewardScorer":
         from transformers.models.blip.modeling_blip import BlipVisionModel
         from transformers.models.blip.modeling_blip_text import BlipTextModel
         vision_sd, text_sd, head_sd, _ = convert_imagereward(sd)
@@ -209,7 +224,7 @@ class ImageRewardScorer:
         for module, part, what in ((vision, vision_sd, "BLIP ViT"), (text, text_sd, "BERT text encoder"),
                                    (head, head_sd, "reward head")):
             load_exactly(module, part, f"ImageReward checkpoint does not fit its {what}")
-        return cls(vision, text, head, tokenizer, processor)
+        return cls(vision, text, head, tokenizer, processor, mean, std)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -223,7 +238,7 @@ class ImageRewardScorer:
                         encoder_hidden_states=image_states,
                         encoder_attention_mask=torch.ones(image_states.shape[:2], dtype=torch.long, device=device))
         r = self.head(out.last_hidden_state[:, 0].float())
-        return ((r - IMAGEREWARD_MEAN) / IMAGEREWARD_STD).cpu()
+        return ((r - self.mean) / self.std).cpu()
 
 
 def imagereward_configs():
@@ -239,9 +254,40 @@ def imagereward_configs():
     return vision, text
 
 
+def _json_beside(path: Path, what: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{what} {path} is not readable JSON: {str(e).splitlines()[0][:160]}") from None
+    if not isinstance(obj, dict):
+        raise ConfigError(f"{what} {path} holds a {type(obj).__name__}, not a JSON object")
+    return obj
+
+
+def imagereward_text_config(med: dict, encoder_width: int, bos_token_id: int = 30522, sep_token_id: int = 102,
+                            source="med_config.json"):
+    """BLIP's text encoder config from med_config.json (BERT's format): its architecture keys, and the
+    cross-attention width set to the vision width, as BLIP does (``med_config.encoder_width = vision_width``; the
+    file's own encoder_width, 768, is ViT-B's). ``bos_token_id`` and ``sep_token_id`` are the tokenizer's [DEC] and
+    [SEP] (30522 and 102 in bert-base-uncased with BLIP's tokens); only generation would read them."""
+    from transformers import BlipTextConfig
+    missing = [k for k in MED_CONFIG_KEYS if k not in med]
+    if missing:
+        raise ConfigError(f"{source} lacks {', '.join(missing)} (a BERT config is expected)")
+    return BlipTextConfig(**{k: med[k] for k in MED_CONFIG_KEYS}, encoder_hidden_size=int(encoder_width),
+                          bos_token_id=int(bos_token_id), sep_token_id=int(sep_token_id))
+
+
 def load_imagereward(checkpoint, tokenizer_dir, device="cpu") -> ImageRewardScorer:
-    """``ImageReward.pt`` and a local ``bert-base-uncased`` tokenizer folder (BLIP adds [DEC] and [ENC] to it)."""
-    from transformers import BertTokenizer, CLIPImageProcessorPil
+    """``ImageReward.pt`` and a local ``bert-base-uncased`` tokenizer folder (BLIP adds [DEC] and [ENC] to it).
+
+    Read beside the checkpoint when present: ``med_config.json`` (the text encoder, BERT's format, as the download
+    ships it), ``vision_config.json`` (a BlipVisionConfig; absent for the real file, whose ViT-L/16 at 224 is fixed
+    in ImageReward's code) and ``reward_normalisation.json`` (``{"mean", "std"}``; absent: the published
+    constants). Without them the networks are :func:`imagereward_configs`'s."""
+    from transformers import BertTokenizer, BlipVisionConfig, CLIPImageProcessorPil
     p = Path(checkpoint)
     if not Path(tokenizer_dir).is_dir():
         raise ConfigError(f"BERT tokenizer folder {tokenizer_dir} does not exist")
@@ -251,9 +297,30 @@ def load_imagereward(checkpoint, tokenizer_dir, device="cpu") -> ImageRewardScor
     tokenizer = BertTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     # BLIP's init_tokenizer
     tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
-    processor = CLIPImageProcessorPil(size={"shortest_edge": IMAGEREWARD_SIZE},
-                                      crop_size={"height": IMAGEREWARD_SIZE, "width": IMAGEREWARD_SIZE})
     vision, text = imagereward_configs()
-    scorer = ImageRewardScorer.from_state_dict(sd, vision, text, tokenizer, processor)
+    vision_path = p.parent / IMAGEREWARD_VISION_CONFIG
+    if (v := _json_beside(vision_path, "ImageReward vision config")) is not None:
+        try:
+            vision = BlipVisionConfig.from_dict(v)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"ImageReward vision config {vision_path}: {str(e).splitlines()[0][:160]}") from None
+    med_path = p.parent / IMAGEREWARD_TEXT_CONFIG
+    if (med := _json_beside(med_path, "ImageReward text config")) is not None:
+        text = imagereward_text_config(med, vision.hidden_size, tokenizer.bos_token_id, tokenizer.sep_token_id,
+                                       med_path)
+    norm_path = p.parent / IMAGEREWARD_NORMALISATION
+    mean, std = IMAGEREWARD_MEAN, IMAGEREWARD_STD
+    if (norm := _json_beside(norm_path, "ImageReward normalisation")) is not None:
+        try:
+            mean, std = float(norm["mean"]), float(norm["std"])
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"ImageReward normalisation {norm_path} needs a numeric mean and std, found "
+                              f"{sorted(norm)}") from None
+    if len(tokenizer) != text.vocab_size:  # another model's tokenizer would load, and index past the embeddings
+        raise ConfigError(f"tokenizer folder {tokenizer_dir} has {len(tokenizer)} tokens with BLIP's [DEC] and [ENC], "
+                          f"the ImageReward text encoder {text.vocab_size}")
+    size = int(vision.image_size)  # ImageReward's transform resizes to the ViT's input size
+    processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    scorer = ImageRewardScorer.from_state_dict(sd, vision, text, tokenizer, processor, mean, std)
     scorer.vision.to(device), scorer.text.to(device), scorer.head.to(device)
     return scorer
