@@ -62,7 +62,10 @@ DOWNLOAD_HINT = "`snakemake download_assets`"
 
 @dataclass(frozen=True)
 class Asset:
-    """One named file. ``params`` are the content check's expectations (label_dim, image counts, ...)."""
+    """One named file, or with ``folder`` a folder (a Hugging Face repository as ``save_pretrained`` writes it,
+    hashed as a tree: files.tree_sha256). ``params`` are the content check's expectations (label_dim, image counts,
+    config values, ...); a folder's ``params["repo"]`` (and ``allow_patterns``) is what a download fetches, and
+    ``params["manual"]`` says how to get a file no URL serves as it is (a member of an archive)."""
 
     name: str
     filename: str
@@ -74,6 +77,7 @@ class Asset:
     size: Optional[int] = None
     params: Mapping[str, Any] = field(default_factory=dict)
     optional: bool = False
+    folder: bool = False
 
 
 MANIFEST = Registry("asset")
@@ -308,6 +312,9 @@ def verify_assets(names, asset_dir, overrides: Optional[Mapping[str, Any]] = Non
     out = {}
     for a in assets:
         path = paths[a.name]
+        if a.folder:
+            out[a.name] = _verify_folder(a, path, user.get(a.name), pins, asset_dir)
+            continue
         if path.is_dir():
             size = _check_directory(a, path, user.get(a.name))
             _content_check(a, path)
@@ -320,6 +327,20 @@ def verify_assets(names, asset_dir, overrides: Optional[Mapping[str, Any]] = Non
             source = _pin(asset_dir, a, sha, source)
         out[a.name] = dict(path=str(path), sha256=sha, size=size, sha256_source=source)
     return out
+
+
+def _verify_folder(a: Asset, path: Path, user: Optional[str], pins, asset_dir: Path) -> dict:
+    """A folder asset: its tree digest checked (config > manifest > SHA256SUMS, pinned on first use), then its
+    content (the files and config values the manifest expects)."""
+    if not path.is_dir():
+        raise CheckpointError(f"asset {a.name}: {path} is a file, expected the folder {a.filename}/")
+    from sim_core.files import tree_files, tree_sha256
+    sha, size = tree_sha256(path), sum(f.stat().st_size for f in tree_files(path))
+    source = _check_digests(a, f"{path}/ (tree digest)", sha, None, size, user, pins, asset_dir)
+    _content_check(a, path)
+    if a.filename not in pins:
+        source = _pin(asset_dir, a, sha, source)
+    return dict(path=str(path), sha256=sha, size=size, sha256_source=source)
 
 
 def _pin(asset_dir: Path, a: Asset, sha: str, source: str) -> str:
@@ -363,8 +384,12 @@ def download_asset(name: str, dest, url: Optional[str] = None, timeout: float = 
     dest = Path(os.path.expanduser(str(dest)))
     asset_dir = Path(os.path.expanduser(str(asset_dir))) if asset_dir is not None else dest.parent
     VALIDATORS.get(a.kind)
+    if a.params.get("manual") and not url:
+        raise CheckpointError(f"asset {name}: {a.params['manual']}; then put it at {dest}")
     pins = read_sha256sums(asset_dir)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    if a.folder:
+        return _download_folder(a, dest, user, pins, asset_dir)
     errors = []
     for u in ([url] if url else list(a.urls)):
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
@@ -392,6 +417,26 @@ def download_asset(name: str, dest, url: Optional[str] = None, timeout: float = 
             source = _pin(asset_dir, a, sha, source)
         return dict(path=str(dest), sha256=sha, size=size, url=u, sha256_source=source)
     raise CheckpointError("; ".join(errors))
+
+
+def _download_folder(a: Asset, dest: Path, user: Optional[str], pins, asset_dir: Path) -> dict:
+    """A Hugging Face repository snapshot (params repo, allow_patterns) into a temporary folder beside ``dest``,
+    checked like a placed folder and renamed into place only when every check passed."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(f"asset {a.name}: downloading {a.params['repo']} needs huggingface_hub "
+                              f"(pip install huggingface_hub), or put the folder at {dest}") from None
+    from sim_core.files import atomic_directory
+    try:
+        with atomic_directory(dest) as tmp:
+            snapshot_download(a.params["repo"], local_dir=str(tmp), allow_patterns=a.params.get("allow_patterns"))
+            info = _verify_folder(a, tmp, user, pins, asset_dir)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (nothing was written)") from None
+    except Exception as e:  # the hub client raises its own error classes for network and repository problems
+        raise CheckpointError(f"asset {a.name}: download of {a.params['repo']} failed: {first_line(e)}") from None
+    return {**info, "path": str(dest), "url": a.urls[0]}
 
 
 def download_assets(names, asset_dir, overrides: Optional[Mapping[str, Any]] = None,

@@ -118,11 +118,18 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def tree_files(path: str | Path) -> list[Path]:
+    """The files of a folder, sorted, without hidden ones (the hub client's .cache/ bookkeeping)."""
+    root = Path(path)
+    return sorted(p for p in root.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
 def tree_sha256(path: str | Path) -> str:
-    """SHA-256 of a folder: of each file's relative path and SHA-256, in sorted order (a save_pretrained folder)."""
+    """SHA-256 of a folder (a save_pretrained or hub snapshot): of each file's relative path and SHA-256, in order."""
     root = Path(path)
     h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+    for f in tree_files(root):
         h.update(f"{f.relative_to(root).as_posix()}\0{sha256_file(f)}\n".encode())
     return h.hexdigest()
 

@@ -200,7 +200,9 @@ def _teacher_rows(scale: ScaleConfig, exp_name: str, exp) -> list[dict]:
     from sim_core.train.config import EvalConfig
     spec = TESTBEDS.get(exp.testbed)
     section, inputs = testbed_files(scale, exp.testbed, exp.conditional)
-    eval_cfg = EvalConfig(**deep_merge(scale.base, exp.overrides).get("eval", {}))
+    base = deep_merge(scale.base, exp.overrides)  # the settings of the experiment's runs
+    section = deep_merge(base.get("testbed", {}), section)
+    eval_cfg = EvalConfig(**base.get("eval", {}))
     base = spec.protocol(eval_cfg, scale.final_eval_seeds, scale.final_eval_protocol)
     rows = []
     for nfe in exp.teacher_nfe:

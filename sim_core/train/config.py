@@ -108,6 +108,9 @@ class PerfConfig(Strict):
     channels_last: bool = False          # memory format of the networks and the image batches
     grad_accum: int = Field(1, ge=1)     # micro-batches per process per step (the paper's batch 256 on < 4 GPUs)
     cudnn_benchmark: bool = True         # EDM/SiD training_loop: torch.backends.cudnn.benchmark = True
+    # activation checkpointing in diffusers networks (PixArt): Table 3's batch on A100s (paper B.3: "gradient
+    # checkpointing"); added after the first runs: left out of the hash while off
+    checkpointing: bool = Field(False, json_schema_extra=HASHED_UNLESS_DEFAULT)
 
 
 class TrainConfig(Strict):

@@ -36,7 +36,14 @@ from sim_core.nets import dropout_settings
 from sim_core.train.config import RunConfig
 from sim_core.train.distributed import DistEnv, from_environment
 from sim_core.train.lock import RunLock, remove_temporaries
-from sim_core.train.precision import autocast, check_grad_accum, configure_backends, micro_batches, to_memory_format
+from sim_core.train.precision import (
+    autocast,
+    check_grad_accum,
+    checkpointing,
+    configure_backends,
+    micro_batches,
+    to_memory_format,
+)
 from sim_core.train.run_dir import TERMINAL, MetricsLog, prepare_run_dir, read_metrics, read_status, write_status
 from sim_core.train.schedule import Schedule
 from sim_core.train.signals import StopSignals
@@ -71,6 +78,8 @@ class Distiller:
         D_init = testbed.D_init.to(self.device, self.dtype)
         self.G = OneStepGenerator.from_teacher(D_init, cfg.generator.t_star).train().requires_grad_(True)
         self.D_psi = copy.deepcopy(D_init).train()
+        for net in (self.D_teacher, self.G, self.D_psi):
+            checkpointing(net, cfg.perf)
         if cfg.networks.dropout is not None:  # the teacher keeps its own (it runs in eval mode anyway)
             set_dropout(self.G, cfg.networks.dropout)
             set_dropout(self.D_psi, cfg.networks.dropout)

@@ -9,6 +9,9 @@
   (its exponent range is fp32's), unlike the reference code's optional fp16.
 - ``to_memory_format``: channels_last for the networks' 4-D weights and the 4-D image batches.
 - ``micro_batches``: the slices of a rank's shard for gradient accumulation.
+- ``checkpointing``: activation (gradient) checkpointing inside networks that support it (diffusers models: each
+  transformer block's activations recomputed in backward), for the teacher and D_psi (backpropagated to their
+  input) as for G: memory for compute (bench_t2i.py: a SIM iteration 11 F -> 15 F).
 """
 from __future__ import annotations
 
@@ -57,6 +60,19 @@ def to_memory_format(obj, perf):
     if torch.is_tensor(obj) and obj.ndim == 4:
         return obj.contiguous(memory_format=torch.channels_last)
     return obj
+
+
+def checkpointing(net: torch.nn.Module, perf) -> None:
+    """Turn on activation checkpointing in every submodule that supports it, when ``perf.checkpointing``."""
+    if not perf.checkpointing:
+        return
+    found = [m for m in net.modules() if getattr(m, "_supports_gradient_checkpointing", False)]
+    if not found:
+        from sim_core.errors import ConfigError
+        raise ConfigError(f"perf.checkpointing: the {type(net).__name__} network has no part that supports it "
+                          "(diffusers models do); set perf.checkpointing: false")
+    for m in found:
+        m.enable_gradient_checkpointing()
 
 
 def check_grad_accum(shard_size: int, grad_accum: int, what: str = "the per-process batch") -> int:

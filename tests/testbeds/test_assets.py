@@ -19,6 +19,7 @@ from sim_core.assets import (
     download_asset,
     download_assets,
     main,
+    manifest_names,
     read_sha256sums,
     resolve_paths,
     verify_assets,
@@ -73,10 +74,14 @@ def no_partial_files(d):
     return not [p for p in d.iterdir() if p.name.endswith(".part")] if d.exists() else True
 
 
+CIFAR10_FILES = {"teacher_uncond", "teacher_cond", "fid_ref", "inception", "cifar10", "sid_uncond", "sid_cond"}
+T2I_FILES = {"pixart_512", "clip_vit_l14", "aesthetic_head", "pickscore", "clip_h_processor", "imagereward",
+             "bert_base_uncased", "coco_captions", "sam_llava"}  # tests/testbeds/t2i/test_t2i_assets.py
+
+
 def test_manifest_entries():
-    assert set(MANIFEST.names()) == {"teacher_uncond", "teacher_cond", "fid_ref", "inception", "cifar10",
-                                     "sid_uncond", "sid_cond"}
-    for n in MANIFEST.names():
+    assert set(manifest_names()) == CIFAR10_FILES | T2I_FILES  # every testbed declared
+    for n in CIFAR10_FILES:
         a = MANIFEST.get(n)
         assert a.kind in VALIDATORS and a.urls[0].startswith("https://") and a.urls[0].endswith(
             a.filename.rsplit("-", 1)[-1] if n.startswith("sid") else a.filename)
@@ -164,7 +169,7 @@ def test_missing_files_are_named_together_before_any_check(tmp_path):
     for n, f in (("fid_ref", "cifar10-32x32.npz"), ("sid_cond", "network-snapshot-1.200000-713312.pkl")):
         assert f"{n} (" in msg and f in msg
     assert "teacher_uncond" not in msg
-    with pytest.raises(UnknownNameError, match="valid names: cifar10, fid_ref, inception"):
+    with pytest.raises(UnknownNameError, match="valid names: aesthetic_head, .*, cifar10, .*, fid_ref, .*, inception"):
         verify_assets(["teacher"], tmp_path)
 
 
@@ -202,7 +207,7 @@ def test_overrides_point_at_files_elsewhere(tmp_path):
     assert out["inception"]["path"] == str(elsewhere)
     # the record is kept in the asset directory, under the manifest's file name
     assert read_sha256sums(d) == {"weights-inception-2015-12-05-6726825d.pth": sha(elsewhere)}
-    with pytest.raises(ConfigError, match="asset_files.paths.incepton: unknown asset; valid names: cifar10"):
+    with pytest.raises(ConfigError, match="asset_files.paths.incepton: unknown asset; valid names: aesthetic_head, .*, cifar10"):
         resolve_paths(d, {"incepton": elsewhere})
 
 
@@ -274,7 +279,8 @@ def test_command_line(tmp_path, capsys):
     assert err.startswith("error: 2 assets missing: teacher_cond (") and err.count("\n") == 1
     assert main(["list", "--asset-dir", str(tmp_path)]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert listed["cifar10"]["md5"] == "c58f30108f718f92721af3b95e74349a" and len(listed) == 7
+    assert listed["cifar10"]["md5"] == "c58f30108f718f92721af3b95e74349a"
+    assert set(listed) == CIFAR10_FILES | T2I_FILES
     inc = fake_inception(tmp_path / "x.pth")
     assert main(["verify", "--asset-dir", str(tmp_path / "a"), "--path", f"inception={inc}",
                  "--sha256", f"inception={sha(inc)}", "inception"]) == 0
@@ -290,8 +296,7 @@ def test_the_module_command_lists_what_the_testbeds_register(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     listed = json.loads(p.stdout)
-    assert sorted(listed) == ["cifar10", "fid_ref", "inception", "sid_cond", "sid_uncond", "teacher_cond",
-                              "teacher_uncond"]
+    assert set(listed) == CIFAR10_FILES | T2I_FILES
     assert listed["teacher_uncond"]["urls"][0].endswith("/edm-cifar10-32x32-uncond-vp.pkl")
 
 

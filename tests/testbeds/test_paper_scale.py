@@ -162,3 +162,36 @@ def test_verify_assets_refuses_wrong_teacher_and_truncated_pickle(tmp_path):
         verify_assets(["teacher_uncond"], tmp_path)
     assert "\n" not in str(e.value)
     assert not (tmp_path / "SHA256SUMS").exists() or path.name not in (tmp_path / "SHA256SUMS").read_text()
+
+
+def test_paper_t2i_dag_dry_run_asks_for_b3s_resources_and_settings(tmp_path):
+    """`snakemake --profile slurm all_tables --config scale=paper_t2i -n`: Table 3 and Figure 3 at paper scale, one
+    job per method on 4 GPUs, the teacher rows on one; every run config is Appendix B.3's (batch 1024 by 8
+    micro-batches per GPU, bf16, checkpointing, lr 5e-6, the t2i distribution and weight 1 for both steps)."""
+    p = _snakemake("--profile", "slurm", "all_tables", "-n", "--config", "scale=paper_t2i",
+                   f"results_dir={tmp_path / 'results'}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    blocks = (p.stdout + p.stderr).split("rule ")
+    distill = [b for b in blocks if b.startswith("distill_table3")]
+    assert len(distill) == 4 and all("job_tasks=4" in b and "job_gpus=4" in b for b in distill)
+    assert any(b.startswith("teacher_rows") and "job_gpus=1" in b for b in blocks)
+    assert any(b.startswith("aggregate_figure3") for b in blocks) and any(b.startswith("verify_assets") for b in blocks)
+    from workflow.dag import load
+    S, SW, _ = load({"scale": "paper_t2i", "results_dir": str(tmp_path / "results")})
+    assert len(SW.runs) == 4 and SW.downloads.keys() >= {"pixart_512", "sam_llava", "coco_captions", "imagereward"}
+    for run in SW.runs.values():
+        cfg = parse_config(run.config)
+        assert (cfg.optim.batch_size, cfg.perf.grad_accum, cfg.perf.bf16, cfg.perf.checkpointing) == (1024, 8, True,
+                                                                                                      True)
+        assert cfg.optim.lr_gen == cfg.optim.lr_online == 5e-6 and cfg.train.iterations == 16000
+        assert (cfg.method.time_dist, cfg.method.weighting, cfg.online.time_dist, cfg.online.weighting) == \
+            ("t2i", "nowgt", "t2i", "nowgt")
+        tb = cfg.testbed
+        assert tb.kind == "t2i" and tb.teacher == tb.text_encoder == SW.downloads["pixart_512"]
+        assert tb.vae == f"{SW.downloads['pixart_512']}/vae"
+        assert tb.imagereward == f"{SW.downloads['imagereward']}/ImageReward.pt"
+        assert (tb.text_encoder_device, tb.text_encoder_dtype, tb.teacher_guidance) == ("cuda", "bfloat16", 4.5)
+    rows = SW.teacher_rows["table3"]
+    assert sorted(r["nfe"] for r in rows) == [14, 20, 30]
+    assert all(r["testbed_config"]["text_encoder_device"] == "cuda" for r in rows)  # the runs' testbed settings
+    assert S.base["eval"]["num_samples"] == 5000  # COCO-5k

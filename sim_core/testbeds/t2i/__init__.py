@@ -15,6 +15,7 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from sim_core.testbeds.spec import Metric, TestbedConfig, TestbedSpec
+from sim_core.testbeds.t2i import assets  # noqa: F401  (registers the paper-scale files in the asset manifest)
 
 PROMPT_FORMATS = ("text", "coco", "sam_llava")  # sim_core/testbeds/t2i/prompts.py SOURCES
 
@@ -25,6 +26,10 @@ class T2IConfig(TestbedConfig):
     text_encoder: str                    # a folder with tokenizer/ and text_encoder/ (T5, save_pretrained layout)
     vae: Optional[str] = None            # an AutoencoderKL folder (sd-vae-ft-ema); None: exact pixel-unshuffle (toy)
     max_tokens: int = Field(120, ge=1)   # PixArt-alpha / SIM: T5 max_length 120
+    # Where the frozen T5 runs and in what precision: the paper is silent. T5-XXL is 9.5 GB in bf16 (PixArt's
+    # pipeline runs it in its own dtype); the toy's tiny T5 stays on the CPU in float32.
+    text_encoder_device: Literal["cpu", "cuda"] = "cpu"
+    text_encoder_dtype: Literal["float32", "bfloat16"] = "float32"
     train_prompts: Optional[str] = None  # what distillation draws prompts from (SAM-LLaVA captions, B.3)
     train_prompts_format: Literal["text", "coco", "sam_llava"] = "sam_llava"
     eval_prompts: Optional[str] = None   # what the scorers see (COCO-2017 val captions, Table 3)
@@ -68,6 +73,23 @@ TOY_SCORES = (Metric("aesthetic", "toy aesthetic stand-in", lower_is_better=Fals
 
 RUNTIME = "sim_core.testbeds.t2i.testbed:load"
 SAMPLER = "DPM-Solver++ (PixArt's pipeline) with classifier-free guidance"
+
+TESTBED = TestbedSpec(
+    name="t2i",
+    config=T2IConfig,
+    metrics=SCORES,
+    datasets={False: "PixArt-alpha 512px: SAM-LLaVA captions to distil on, COCO-2017 val captions to score"},
+    assets={False: {"teacher": "pixart_512", "text_encoder": "pixart_512", "vae": "pixart_512/vae",
+                    "train_prompts": "sam_llava", "eval_prompts": "coco_captions",
+                    "aesthetic_clip": "clip_vit_l14", "aesthetic_head": "aesthetic_head",
+                    "pickscore_model": "pickscore", "pickscore_processor": "clip_h_processor",
+                    "imagereward": "imagereward/ImageReward.pt", "imagereward_tokenizer": "bert_base_uncased"}},
+    runtime=RUNTIME,
+    features="LAION aesthetic predictor v2, ImageReward v1.0 and PickScore v1 (means over prompts)",
+    reference="COCO-2017 val captions, one per image (testbed.caption_rule)",
+    teacher_sampler=SAMPLER,
+    teacher_steps="DPM-Solver steps",
+)
 
 TOY_TESTBED = TestbedSpec(
     name="t2i_digits",

@@ -66,7 +66,8 @@ class T2ITestbed(Testbed):
         from sim_core.testbeds.t2i.text import TextEncoder
         net = load_transformer(cfg.teacher)
         self.text = TextEncoder.from_folders(Path(cfg.text_encoder) / "tokenizer", Path(cfg.text_encoder) /
-                                             "text_encoder", max_length=cfg.max_tokens)
+                                             "text_encoder", dtype=getattr(torch, cfg.text_encoder_dtype),
+                                             device=cfg.text_encoder_device, max_length=cfg.max_tokens)
         width = self.text.encoder.config.d_model
         if net.config.caption_channels != width:
             raise ConfigError(f"the text encoder {cfg.text_encoder} gives {width}-d states, the teacher's caption "

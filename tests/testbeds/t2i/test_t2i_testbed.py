@@ -210,3 +210,26 @@ def test_an_empty_prompt_file_is_refused(toy_files, tmp_path):
                                                "eval_prompts_format": "text"})
     with pytest.raises(ConfigError, match="empty.txt"):
         T2ITestbed(cfg)
+
+
+def test_activation_checkpointing_changes_memory_not_the_numbers(toy_files, tmp_path):
+    from sim_core.files import load_checked
+    from sim_core.train.config import parse_config
+    from sim_core.train.loop import Distiller, distill
+    from sim_core.train.precision import checkpointing
+    tb = load_testbed(config(toy_files))
+    weights = {}
+    for on in (False, True):
+        cfg = parse_config({"name": "ckpt", "testbed": config(toy_files).model_dump(), "perf": {"checkpointing": on},
+                            "method": {"name": "sim", "time_dist": "t2i", "weighting": "nowgt"},
+                            "optim": {"batch_size": 8, "lr_gen": 1e-3, "lr_online": 1e-3},
+                            "train": {"iterations": 2, "progress": False}, "eval": {"num_samples": 20}})
+        assert Distiller(cfg, tmp_path / "probe", tb).G.D.model.gradient_checkpointing is on
+        assert distill(cfg, tmp_path / str(on), testbed=tb)["status"] == "finished"
+        weights[on] = load_checked(tmp_path / str(on) / "checkpoint.pt", "checkpoint")["G"]
+        tb.D_init.model.disable_gradient_checkpointing()  # the testbed's own network stays as loaded
+    assert weights[True].keys() == weights[False].keys()
+    assert all(torch.equal(weights[True][k], weights[False][k]) for k in weights[True])  # recomputed, same numbers
+    assert any(not torch.equal(weights[True][f"D.{k}"], v) for k, v in tb.D_init.state_dict().items())  # it moved
+    with pytest.raises(ConfigError, match="perf.checkpointing: the Linear network has no part that supports it"):
+        checkpointing(torch.nn.Linear(2, 2), cfg.perf)
