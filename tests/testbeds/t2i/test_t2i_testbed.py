@@ -233,3 +233,25 @@ def test_activation_checkpointing_changes_memory_not_the_numbers(toy_files, tmp_
     assert any(not torch.equal(weights[True][f"D.{k}"], v) for k, v in tb.D_init.state_dict().items())  # it moved
     with pytest.raises(ConfigError, match="perf.checkpointing: the Linear network has no part that supports it"):
         checkpointing(torch.nn.Linear(2, 2), cfg.perf)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"teacher": "nowhere"}, "teacher folder nowhere has no transformer/config.json"),
+    ({"teacher_guidance": -1}, "testbed.teacher_guidance"),
+    ({"caption_dropout": 1.0}, "testbed.caption_dropout"),
+    ({"guidance": 2.0}, "testbed t2i_digits does not take guidance"),
+    ({"text_encoder_dtype": "float16"}, "testbed.text_encoder_dtype"),
+], ids=["missing teacher", "negative guidance", "dropout 1", "unknown key", "encoder dtype"])
+def test_sim_distill_refuses_a_bad_t2i_config_in_one_line_before_any_work(toy_files, tmp_path, capsys, change, match):
+    import yaml
+
+    from sim_core.cli import main
+    from sim_core.errors import EXIT_BAD_INPUT
+    section = {"kind": "t2i_digits", "teacher": str(toy_files / "teacher"), "text_encoder": str(toy_files / "t5"),
+               **change}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"name": "bad", "testbed": section, "train": {"iterations": 2}}))
+    with pytest.raises(SystemExit) as e:
+        main(["distill", "--config", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == EXIT_BAD_INPUT and len(err) == 1 and match in err[0], err
+    assert not (tmp_path / "run").exists()
