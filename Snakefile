@@ -5,7 +5,7 @@ import sys
 
 from sim_core.errors import EXIT_BAD_INPUT, ConfigError
 from workflow import dag
-from workflow.report import FIGURES, TABLES
+from workflow.report import FIGURES, TABLES, TABLES_WITH_STUDY
 
 try:
     S, SW, TRACKING_URI = dag.load(config)

@@ -115,8 +115,20 @@ def launch_aggregate(S: ScaleConfig, SW: Sweep, target: str, experiment: str, ur
     from workflow.launch import submit_and_wait
     manifest = str(Path(S.results_dir) / "manifests" / f"{target}.json")
     write_manifest(S, SW, experiment, manifest)
-    return submit_and_wait(aggregate, (target, manifest, job_tracking_uri(S, uri), out_dir), f"aggregate-{target}",
+    return submit_and_wait(aggregate, (target, manifest, job_tracking_uri(S, uri), out_dir, study_dir(S)),
+                           f"aggregate-{target}",
                            Path(S.results_dir) / "submitit" / "aggregate", S.executor, S.job_resources("aggregate"))
+
+
+def study_dir(S: ScaleConfig) -> str:
+    """Where the preference study of the tables' study columns lives (`python -m workflow.study build --out` it)."""
+    return str(Path(S.results_dir) / "study")
+
+
+def study_inputs(S: ScaleConfig) -> list[str]:
+    """The study's answers once a study exists there: new answers make its table again."""
+    db = Path(study_dir(S)) / "answers.db"
+    return [str(db)] if db.is_file() else []
 
 
 def write_manifest(S: ScaleConfig, SW: Sweep, experiment: str, out: str) -> list[dict]:

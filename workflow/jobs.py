@@ -198,7 +198,7 @@ def _leave_for_requeue(status: dict, trackers: list) -> None:
     sys.exit(EXIT_INTERRUPTED)
 
 
-def aggregate(target: str, manifest: str, tracking_uri: str, out_dir: str) -> list[str]:
+def aggregate(target: str, manifest: str, tracking_uri: str, out_dir: str, study_dir: str | None = None) -> list[str]:
     """One table or figure from MLflow (workflow/report) in the job's own process: matplotlib is not
     thread-safe, and Snakemake runs `run:` rules as threads."""
     import contextlib
@@ -209,7 +209,8 @@ def aggregate(target: str, manifest: str, tracking_uri: str, out_dir: str) -> li
     tracking_uri = resolve_tracking_uri(tracking_uri)
     err, out = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        code = main([target, "--manifest", manifest, "--tracking-uri", tracking_uri, "--out-dir", out_dir])
+        code = main([target, "--manifest", manifest, "--tracking-uri", tracking_uri, "--out-dir", out_dir]
+                    + (["--study", study_dir] if study_dir else []))
     if code:
         raise RuntimeError(err.getvalue().strip() or f"aggregation of {target} failed with code {code}")
     return out.getvalue().split()

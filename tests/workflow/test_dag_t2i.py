@@ -86,3 +86,68 @@ def test_figure3_and_a_rerun_that_does_nothing(smoke_t2i):
     before = {p: p.stat().st_mtime_ns for p in (smoke_t2i / "tables").iterdir()}
     p = _snakemake(smoke_t2i, "all_tables")
     assert p.returncode == 0 and {q: q.stat().st_mtime_ns for q in (smoke_t2i / "tables").iterdir()} == before
+
+
+def test_a_study_of_sims_and_the_teachers_images_fills_the_user_preference_cell(smoke_t2i):
+    """A study built from the smoke DAG's own pictures (SIM seed 0 against the 30-step teacher), answered by three
+    raters through the real server; `snakemake all_tables` then makes Table 3 again and its SIM row shows the win
+    rate and Wilson interval the database holds (counted here with sqlite3)."""
+    import re
+    import socket
+    import sqlite3
+    import time
+
+    import requests
+
+    from workflow.report.tables import study_text
+    from workflow.study.results import study_result
+    records = json.loads((smoke_t2i / "manifests" / "table3.json").read_text())
+    sim = next(r for r in records if r["label"] == "SIM" and r["seed"] == 0)
+    a = sorted((smoke_t2i / "runs" / sim["name"] / "samples").glob("step-*.pt"))[-1]
+    b = smoke_t2i / "teacher_rows" / "table3-samples" / "nfe30-s0" / "samples" / "teacher.pt"
+    study = smoke_t2i / "study"
+    p = subprocess.run([sys.executable, "-m", "workflow.study", "build", "--a", str(a), "--b", str(b), "--label-a",
+                        "SIM", "--label-b", "Teacher (DPM-Solver++, 30 steps)", "--out", str(study), "--prompts", "5",
+                        "--raters", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "workflow.study", "serve", str(study), "--port", str(port)],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                requests.get(base + "/static/study.css", timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        for line in (study / "invitations.csv").read_text().splitlines()[1:]:
+            token = line.split(",")[1]
+            for _ in range(5):  # every rater clicks the left image: which method that is, the rater's order decides
+                page = requests.get(f"{base}/r/{token}", timeout=10).text
+                pair = re.search(r'name="pair" value="(\d+)"', page)[1]
+                r = requests.post(f"{base}/r/{token}/answer", data={"pair": pair, "choice": "left"}, timeout=10,
+                                  allow_redirects=False)
+                assert r.status_code == 303
+    finally:
+        server.terminate()
+        server.wait(10)
+    con = sqlite3.connect(study / "answers.db")
+    tables = {row[0] for row in con.execute("select name from sqlite_master where type='table'")}
+    assert "answers" in tables
+    total = con.execute("select count(*) from answers").fetchone()[0]
+    con.close()
+    result = study_result(study)
+    assert total == result["total"] == 15 and result["raters_answered"] == 3
+    p = _snakemake(smoke_t2i, "all_tables")
+    assert p.returncode == 0, p.stderr[-2000:]
+    frame = pd.read_csv(smoke_t2i / "tables" / "table3.csv")
+    ours = frame[frame["source"] == "ours"].set_index("method")
+    assert ours.loc["SIM", "user_pref"] == study_text(result)
+    assert f"{100 * result['rate_a']:.1f}% [" in ours.loc["SIM", "user_pref"]
+    paper = frame[frame["source"] == "paper"]
+    assert "45.12%" in set(paper["paper_user_pref"].dropna())
+    md = (smoke_t2i / "tables" / "table3.md").read_text()
+    assert "no study of ours has responses yet" not in md and "15 answers, 3 raters" in md

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 PAPER_DIR = Path(__file__).resolve().parent.parent / "paper"
 TABLES = tuple(sorted(p.stem for p in PAPER_DIR.glob("table*.yaml")))
+# tables with a column a preference study fills (workflow/study): they are made again when its answers change
+TABLES_WITH_STUDY = tuple(t for t in TABLES if "study" in (yaml.safe_load((PAPER_DIR / f"{t}.yaml").read_text()) or {}))
 # figure target -> (the experiment whose runs it draws, the files it writes into <results>/figures/)
 FIGURES = {
     "figure2": ("figure2", ("figure2.png", "figure2.pdf")),

@@ -16,11 +16,11 @@ from sim_core.errors import EXIT_BAD_INPUT
 from workflow.report import TABLES, TARGETS
 
 
-def run_target(target: str, manifest, tracking_uri: str, out_dir) -> list[Path]:
+def run_target(target: str, manifest, tracking_uri: str, out_dir, study_dir=None) -> list[Path]:
     """Write one target's files; returns their paths."""
     if target in TABLES:
         from workflow.report.tables import write_table
-        return write_table(target, manifest, tracking_uri, out_dir)
+        return write_table(target, manifest, tracking_uri, out_dir, study_dir)
     from workflow.report import figures
     writers = {"figure2": figures.figure2, "fid_convergence": figures.fid_convergence,
                "lr_sweep": figures.lr_sweep_figure, "figure3": figures.figure3}
@@ -40,12 +40,13 @@ def main(argv=None) -> int:
     parser.add_argument("--manifest", required=True)
     parser.add_argument("--tracking-uri", required=True)
     parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--study", help="a preference study folder (workflow/study) for a table's study column")
     try:
         args = parser.parse_args(argv)
         if args.target not in TARGETS:
             raise ValueError(f"unknown target {args.target!r}; choose one of {', '.join(TARGETS)}")
         from workflow.report.manifest import load_manifest
-        written = run_target(args.target, load_manifest(args.manifest), args.tracking_uri, args.out_dir)
+        written = run_target(args.target, load_manifest(args.manifest), args.tracking_uri, args.out_dir, args.study)
     except ValueError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return EXIT_BAD_INPUT

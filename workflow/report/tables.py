@@ -55,6 +55,14 @@ class Claim(Strict):
     ratio: Optional[float] = None
 
 
+class StudyColumn(Strict):
+    """A column filled from a human-preference study (workflow/study): the paper's values as it prints them, ours
+    from the study's answers, never simulated."""
+    column: str = "user_pref"
+    paper: str                          # the paper CSV's column
+    missing: str                        # the caption line while no study has answers
+
+
 class TableSpec(Strict):
     title: str
     paper_csv: str
@@ -65,7 +73,8 @@ class TableSpec(Strict):
     rows: dict[str, PaperRow] = Field(default_factory=dict)
     teacher: Optional[PaperRow] = None  # our teacher rows reproduce this paper method at the same step count
     claims: list[Claim] = Field(default_factory=list)
-    notes: list[str] = Field(default_factory=list)  # caption lines (what a column cannot show yet)
+    notes: list[str] = Field(default_factory=list)  # caption lines
+    study: Optional[StudyColumn] = None
 
     def for_testbed(self, tb) -> "TableSpec":
         """The spec without the optional columns the testbed has no metric for."""
@@ -93,6 +102,8 @@ def columns(spec: TableSpec) -> list[str]:
     out = ["source", "group", "method", steps, "reproduced_by_authors", "paper_row"]
     for m in spec.metrics:
         out += ([f"paper_{m.column}"] if m.paper else []) + [m.column, f"{m.column}_mean", f"{m.column}_ci95"]
+    if spec.study:
+        out += [f"paper_{spec.study.column}", spec.study.column]
     return out + ["n_seeds", "n_finished", "runs", "scale", "dataset", "protocol", "flag"]
 
 
@@ -127,6 +138,9 @@ def _paper_rows(spec: TableSpec, paper: pd.DataFrame) -> list[dict]:
         for m in spec.metrics:
             if m.paper:
                 rec[f"paper_{m.column}"] = _float(row[m.paper])
+        if spec.study:
+            value = row[spec.study.paper]
+            rec[f"paper_{spec.study.column}"] = "" if pd.isna(value) else str(value)
         out.append(rec)
     return out
 
@@ -181,8 +195,24 @@ def _flags(spec: TableSpec, ours: dict, metrics) -> dict[str, list[str]]:
     return flags
 
 
-def build_table(which: str, manifest_records, tracking_uri: str) -> pd.DataFrame:
-    """The paper's rows, then one reproduced row per label with each metric's mean ± 95% CI and the claim flags."""
+def study_text(result: dict) -> str:
+    """A study's result as a cell: A's win rate with its Wilson 95% interval, answers and raters."""
+    return (f"{100 * result['rate_a']:.1f}% [{100 * result['wilson95_low']:.1f}, {100 * result['wilson95_high']:.1f}] "
+            f"vs {result['label_b']} ({result['total']} answers, {result['raters_answered']} raters)")
+
+
+def read_study(spec: TableSpec, study_dir) -> Optional[dict]:
+    """The study's result when the table has a study column and the folder holds a study with answers."""
+    if spec.study is None or study_dir is None or not (Path(study_dir) / "study.json").is_file():
+        return None
+    from workflow.study.results import study_result
+    result = study_result(study_dir)
+    return result if result["total"] else None
+
+
+def build_table(which: str, manifest_records, tracking_uri: str, study: Optional[dict] = None) -> pd.DataFrame:
+    """The paper's rows, then one reproduced row per label with each metric's mean ± 95% CI and the claim flags;
+    ``study`` (workflow/study/results.py) fills the study column of the row named like its image set A."""
     spec = table_spec(which)
     records = select(manifest_records, which)
     tb = testbed_spec(records)
@@ -195,13 +225,16 @@ def build_table(which: str, manifest_records, tracking_uri: str) -> pd.DataFrame
     ours = {label: _our_row(spec, label, recs, reader, paper, metrics) for label, recs in by_label(records).items()}
     for label, texts in _flags(spec, ours, metrics).items():
         ours[label][0]["flag"] = "; ".join(texts)
+    if spec.study and study is not None and study["label_a"] in ours:
+        ours[study["label_a"]][0][spec.study.column] = study_text(study)
     frame = pd.DataFrame(_paper_rows(spec, paper) + [row for row, _ in ours.values()], columns=columns(spec))
     frame[["n_seeds", "n_finished"]] = frame[["n_seeds", "n_finished"]].astype("Int64")
     return frame
 
 
-def caption(which: str, frame: pd.DataFrame, records) -> list[str]:
-    """The caption lines: what our rows are (scale, dataset, how comparable), how they were measured (once)."""
+def caption(which: str, frame: pd.DataFrame, records, study: Optional[dict] = None) -> list[str]:
+    """The caption lines: what our rows are (scale, dataset, how comparable), how they were measured (once), and
+    the study's result or that there is none yet."""
     spec = table_spec(which)
     ours = frame[frame["source"] == "ours"]
     datasets = _joined(d for d in ours["dataset"] if isinstance(d, str)) or "unknown"
@@ -224,6 +257,9 @@ def caption(which: str, frame: pd.DataFrame, records) -> list[str]:
         draws = f"{p.trials} noise draw per seed" if p.rule == "mean" else f"{p.trials} trials"
         lines.append(f"Teacher rows: the teacher's {tb.teacher_sampler} at the row's {spec.steps_name}, {draws}, "
                      "otherwise the same protocol.")
+    if spec.study:
+        lines.append(f"User preference (a study of side-by-side pairs, workflow/study): {study['label_a']} chosen in "
+                     f"{study_text(study)}." if study else spec.study.missing)
     return lines + spec.notes
 
 
@@ -238,6 +274,9 @@ def display(spec: TableSpec, metrics) -> list[tuple[str, str]]:
         if m.paper:
             out.append((f"paper_{m.column}", f"Paper {m.name}"))
         out.append((m.column, f"Our {metrics[m.column].name} (mean ± 95% CI)"))
+    if spec.study:
+        out += [(f"paper_{spec.study.column}", "Paper user preference"),
+                (spec.study.column, "Our user preference (Wilson 95%)")]
     return out + [("n_seeds", "Seeds"), ("runs", "Runs"), ("paper_row", "Paper row compared"), ("flag", "Flag")]
 
 
@@ -281,14 +320,16 @@ def to_latex(frame: pd.DataFrame, spec: TableSpec, cols, lines: list[str]) -> st
     return "\n".join(out + [r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 
-def write_table(which: str, manifest_records, tracking_uri: str, out_dir) -> list[Path]:
-    """Write out_dir/{which}.csv, .md and .tex (only once everything is read); returns the paths written."""
-    frame = build_table(which, manifest_records, tracking_uri)
+def write_table(which: str, manifest_records, tracking_uri: str, out_dir, study_dir=None) -> list[Path]:
+    """Write out_dir/{which}.csv, .md and .tex (only once everything is read); returns the paths written.
+    ``study_dir``: a preference study (workflow/study) whose answers fill the table's study column, if it has one."""
+    study = read_study(table_spec(which), study_dir)
+    frame = build_table(which, manifest_records, tracking_uri, study)
     records = select(manifest_records, which)
     tb = testbed_spec(records)
     spec = table_spec(which).for_testbed(tb)
     cols = display(spec, {m.column: tb.for_column(m.column) for m in spec.metrics})
-    lines = caption(which, frame, manifest_records)
+    lines = caption(which, frame, manifest_records, study)
     texts = {".csv": frame.to_csv(index=False), ".md": to_markdown(frame, spec, cols, lines),
              ".tex": to_latex(frame, spec, cols, lines)}
     out = Path(out_dir)

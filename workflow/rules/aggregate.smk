@@ -10,7 +10,7 @@ def experiment_inputs(experiment):
 
 if TABLES_HERE:
     rule aggregate_table:
-        input: lambda w: experiment_inputs(w.table)
+        input: lambda w: experiment_inputs(w.table) + (dag.study_inputs(S) if w.table in TABLES_WITH_STUDY else [])
         output: f"{R}/tables/{{table}}.csv", f"{R}/tables/{{table}}.md", f"{R}/tables/{{table}}.tex"
         wildcard_constraints: table="|".join(TABLES_HERE)
         run:

@@ -17,6 +17,7 @@ if FILE_ASSETS:
         output: f"{R}/assets/{{asset}}.pt"
         wildcard_constraints: asset="|".join(FILE_ASSETS)
         threads: 1
+        priority: 1000  # assets first: a late teacher would leave its runs to the end, on one core
         run:
             dag.launch_asset(S, wildcards.asset, output[0])
 
@@ -26,5 +27,6 @@ if FOLDER_ASSETS:
         output: directory(f"{R}/assets/{{asset}}")
         wildcard_constraints: asset="|".join(FOLDER_ASSETS)
         threads: 1
+        priority: 1000
         run:
             dag.launch_asset(S, wildcards.asset, output[0])
