@@ -20,6 +20,8 @@ from sim_core.files import sha256_file
 from workflow.study.build import build_study
 from workflow.study.db import rater_plan
 
+# fixtures: a conftest.py here would shadow tests/conftest.py for the `from conftest import` of other tests
+from study_helpers import image_sets, server_factory, study_dir, study_template  # noqa: F401
 from study_helpers import PROMPTS, ROOT, one_line, tokens, write_set
 
 

@@ -9,6 +9,8 @@ import time
 
 import pytest
 import requests
+# fixtures: a conftest.py here would shadow tests/conftest.py for the `from conftest import` of other tests
+from study_helpers import image_sets, server_factory, study_dir, study_template  # noqa: F401
 from study_helpers import answers, parse_page, tokens
 
 T = 10

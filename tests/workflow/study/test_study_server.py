@@ -10,6 +10,8 @@ import math
 import re
 
 import requests
+# fixtures: a conftest.py here would shadow tests/conftest.py for the `from conftest import` of other tests
+from study_helpers import image_sets, server_factory, study_dir, study_template  # noqa: F401
 from study_helpers import admin_token, answers, db_state, parse_page, tokens
 
 T = 10  # every request bounded
