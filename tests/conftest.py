@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from browser import browser, page  # noqa: F401  (the real-browser fixtures, tests/browser.py)
 
 torch.set_num_threads(1)  # fastest for small networks on the 2-core CI machine
 

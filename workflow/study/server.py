@@ -42,6 +42,9 @@ CSS = """body{font-family:sans-serif;max-width:70em;margin:1em auto;padding:0 1e
 img{width:min(30em,42vw);image-rendering:pixelated;border:1px solid #888}
 button{font-size:1.2em;margin-top:.5em;padding:.3em 2em}#prompt{font-size:1.3em}
 """
+# browsers ask for an icon on every page; a 404 there would be a console error on each one
+ICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="7" height="14" x="0" y="1" '
+        'fill="#4a7"/><rect width="7" height="14" x="9" y="1" fill="#47a"/></svg>')
 
 
 def _sha(token: str) -> str:
@@ -50,7 +53,8 @@ def _sha(token: str) -> str:
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
-                        f'</title><link rel="stylesheet" href="/static/study.css"></head><body>{body}</body></html>',
+                        f'</title><link rel="stylesheet" href="/static/study.css">'
+                        f'<link rel="icon" href="/favicon.ico" type="image/svg+xml"></head><body>{body}</body></html>',
                         status_code=status)
 
 
@@ -195,6 +199,10 @@ def create_app(study_dir, db_url: str | None = None) -> FastAPI:
     @app.get("/static/study.css")
     def css():
         return Response(CSS, media_type="text/css", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/favicon.ico")
+    def icon():
+        return Response(ICON, media_type="image/svg+xml", headers={"Cache-Control": "private, max-age=3600"})
 
     def check_admin(token: str) -> None:
         if not hmac.compare_digest(_sha(token), admin_sha):
