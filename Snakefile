@@ -30,9 +30,11 @@ rule all_tables:
     input:
         [f for t in TABLES_HERE for f in table_files(t)],
         [f for fig in FIGURES_HERE for f in figure_files(fig)],
+        f"{R}/report.html",
 
 
 include: "workflow/rules/assets.smk"
 include: "workflow/rules/paper_assets.smk"
 include: "workflow/rules/distill.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/report.smk"

@@ -22,4 +22,5 @@ FIGURES = {
     "figure3": ("table3", ("figure3.png", "figure3.pdf")),
 }
 EXPERIMENTS = tuple(dict.fromkeys(TABLES + tuple(exp for exp, _ in FIGURES.values())))
-TARGETS = TABLES + tuple(FIGURES)
+PAGE = "report"  # the report page of every table and figure (html.py): <results>/report.html
+TARGETS = TABLES + tuple(FIGURES) + (PAGE,)
