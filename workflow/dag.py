@@ -120,6 +120,16 @@ def launch_aggregate(S: ScaleConfig, SW: Sweep, target: str, experiment: str, ur
                            Path(S.results_dir) / "submitit" / "aggregate", S.executor, S.job_resources("aggregate"))
 
 
+def launch_study(S: ScaleConfig, SW: Sweep, table: str, uri: str, receipt: str):
+    """Build the study of ``table``'s study column from its runs (`snakemake study`), as an aggregation job."""
+    from workflow.jobs import study
+    from workflow.launch import submit_and_wait
+    manifest = str(Path(S.results_dir) / "manifests" / f"study-{table}.json")
+    write_manifest(S, SW, table, manifest)
+    return submit_and_wait(study, (table, manifest, job_tracking_uri(S, uri), study_dir(S), receipt), f"study-{table}",
+                           Path(S.results_dir) / "submitit" / "aggregate", S.executor, S.job_resources("aggregate"))
+
+
 def study_dir(S: ScaleConfig) -> str:
     """Where the preference study of the tables' study columns lives (`python -m workflow.study build --out` it)."""
     return str(Path(S.results_dir) / "study")

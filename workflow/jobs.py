@@ -216,6 +216,19 @@ def aggregate(target: str, manifest: str, tracking_uri: str, out_dir: str, study
     return out.getvalue().split()
 
 
+def study(table: str, manifest: str, tracking_uri: str, out_dir: str, receipt: str) -> dict:
+    """The preference study of a table's study column, built from its runs' samples (workflow/study/from_runs.py);
+    the receipt says which study of which runs the folder holds."""
+    from sim_core.tracking.server import resolve_tracking_uri
+    from workflow.report.manifest import load_manifest
+    from workflow.study.from_runs import build_from_runs
+    built = build_from_runs(table, load_manifest(manifest), resolve_tracking_uri(tracking_uri), out_dir)
+    kept = {k: built[k] for k in ("study_id", "label_a", "label_b", "sources", "n_prompts")}
+    atomic_write_json(receipt, {**kept, "folder": out_dir, "pairs": len(built["pairs"]),
+                                "invitations": len(built["raters"])})
+    return kept
+
+
 def teacher_rows(records: list[dict], tracking_uri: str, eval_cfg: dict, out: str, threads: int = 1,
                  device: str = "cpu", protocol: str | None = None) -> list[dict]:
     """The teacher's own EDM Heun sampler at each NFE and seed, evaluated like the distilled generators (at

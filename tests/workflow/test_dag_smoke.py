@@ -186,7 +186,7 @@ def test_changing_one_sweep_value_reruns_only_its_dependents(smoke, tmp_path):
     assert p.returncode == 0, out
     import re
     jobs = set(re.findall(r"^(?:local)?rule (\S+):", out, re.M))
-    assert jobs == {"distill_lr_sweep_000", "aggregate_lr_sweep", "all_tables"}, jobs
+    assert jobs == {"distill_lr_sweep_000", "aggregate_lr_sweep", "report_page", "all_tables"}, jobs
 
 
 @pytest.mark.parametrize("edit,expected", [

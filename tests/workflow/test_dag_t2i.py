@@ -54,7 +54,7 @@ def test_table3_lists_the_papers_rows_and_ours_from_mlflow(smoke_t2i):
     assert listed["paper_aes_score"].tolist() == paper["aes_score"].tolist()
     ours = frame[frame["source"] == "ours"].set_index("method")
     assert list(ours.index) == ["SIM", "SiD (alpha=1.0)", "DI", "Teacher (DPM-Solver++, 30 steps)",
-                                "Teacher (DPM-Solver++, 2 steps)"]
+                                "Teacher (DPM-Solver++, 20 steps)"]
     client = MlflowClient(f"sqlite:///{smoke_t2i / 'mlflow.db'}")
     records = json.loads((smoke_t2i / "manifests" / "table3.json").read_text())
     for label, recs in by_label(records).items():
@@ -66,7 +66,7 @@ def test_table3_lists_the_papers_rows_and_ours_from_mlflow(smoke_t2i):
         assert 0 <= ours.loc[label, "align_train_mean"] <= 1
     assert ours.loc["SIM", "paper_aes_score"] == 6.42 and ours.loc["Teacher (DPM-Solver++, 30 steps)",
                                                                      "paper_aes_score"] == 5.97
-    assert math.isnan(ours.loc["Teacher (DPM-Solver++, 2 steps)", "paper_aes_score"])  # no paper row at 2 steps
+    assert math.isnan(ours.loc["Teacher (DPM-Solver++, 20 steps)", "paper_aes_score"])  # no paper row at 20 steps
     flags = ours.loc["SIM", "flag"].split("; ")
     assert len(flags) == 2 and "toy aesthetic stand-in (paper: >= 99.6%)" in flags[0]
     assert "toy PickScore stand-in (cosine) (paper: >= 100%)" in flags[1]
@@ -88,28 +88,45 @@ def test_figure3_and_a_rerun_that_does_nothing(smoke_t2i):
     assert p.returncode == 0 and {q: q.stat().st_mtime_ns for q in (smoke_t2i / "tables").iterdir()} == before
 
 
-def test_a_study_of_sims_and_the_teachers_images_fills_the_user_preference_cell(smoke_t2i):
-    """A study built from the smoke DAG's own pictures (SIM seed 0 against the 30-step teacher), answered by three
-    raters through the real server; `snakemake all_tables` then makes Table 3 again and its SIM row shows the win
-    rate and Wilson interval the database holds (counted here with sqlite3)."""
+def test_snakemake_study_builds_the_study_and_its_answers_fill_the_user_preference_cell(smoke_t2i):
+    """`snakemake study` builds Appendix B.4's study from the DAG's own runs (SIM seed 0 against the 20-step teacher
+    row, images fetched from MLflow); three raters answer every pair through the real server; `snakemake all_tables`
+    then makes Table 3 again and its SIM row shows the win rate and interval the database holds. A second
+    `snakemake study` does nothing, and once the runs change it refuses to replace the study and its answers."""
     import re
     import socket
     import sqlite3
     import time
 
     import requests
+    import torch
+    from PIL import Image
 
     from workflow.report.tables import study_text
     from workflow.study.results import study_result
-    records = json.loads((smoke_t2i / "manifests" / "table3.json").read_text())
-    sim = next(r for r in records if r["label"] == "SIM" and r["seed"] == 0)
-    a = sorted((smoke_t2i / "runs" / sim["name"] / "samples").glob("step-*.pt"))[-1]
-    b = smoke_t2i / "teacher_rows" / "table3-samples" / "nfe30-s0" / "samples" / "teacher.pt"
+    p = _snakemake(smoke_t2i, "study")
+    assert p.returncode == 0, p.stderr[-3000:]
     study = smoke_t2i / "study"
-    p = subprocess.run([sys.executable, "-m", "workflow.study", "build", "--a", str(a), "--b", str(b), "--label-a",
-                        "SIM", "--label-b", "Teacher (DPM-Solver++, 30 steps)", "--out", str(study), "--prompts", "5",
-                        "--raters", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
+    spec = json.loads((study / "study.json").read_text())
+    records = json.loads((smoke_t2i / "manifests" / "study-table3.json").read_text())
+    sim = next(r for r in records if r["label"] == "SIM" and r["seed"] == 0)
+    teacher = next(r for r in records if r["method"] == "teacher" and r["nfe"] == 20 and r["seed"] == 0)
+    assert (spec["label_a"], spec["label_b"]) == ("SIM", "Teacher (DPM-Solver++, 20 steps)")
+    assert spec["sources"]["a"]["mlflow_run_id"] == sim["run_id"]
+    assert spec["sources"]["b"]["mlflow_run_id"] == teacher["run_id"]
+    assert len(spec["pairs"]) == 17 and len(spec["raters"]) == 30  # B.4's 17 prompts; 30 invitations
+    a = torch.load(sorted((smoke_t2i / "runs" / sim["name"] / "samples").glob("step-*.pt"))[-1], weights_only=True)
+    b = torch.load(smoke_t2i / "teacher_rows" / "table3-samples" / "nfe20-s0" / "samples" / "teacher.pt",
+                   weights_only=True)
+    for pair in spec["pairs"]:  # each pair: the same prompt's images of both sets, pixel for pixel
+        assert pair["prompt"] == a["prompts"][pair["index"]] == b["prompts"][pair["index"]]
+        for side, s in (("a", a), ("b", b)):
+            png = np.asarray(Image.open(study / "images" / f"{pair[f'image_{side}']}.png"))
+            assert np.array_equal(png, s["images"][pair["index"]].permute(1, 2, 0).numpy())
+    before = (study / "study.json").stat().st_mtime_ns
+    p = _snakemake(smoke_t2i, "study")
+    assert p.returncode == 0 and (study / "study.json").stat().st_mtime_ns == before
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -123,9 +140,9 @@ def test_a_study_of_sims_and_the_teachers_images_fills_the_user_preference_cell(
                 break
             except requests.ConnectionError:
                 time.sleep(0.1)
-        for line in (study / "invitations.csv").read_text().splitlines()[1:]:
+        for line in (study / "invitations.csv").read_text().splitlines()[1:4]:
             token = line.split(",")[1]
-            for _ in range(5):  # every rater clicks the left image: which method that is, the rater's order decides
+            for _ in range(17):  # every rater clicks the left image: which method that is, the rater's order decides
                 page = requests.get(f"{base}/r/{token}", timeout=10).text
                 pair = re.search(r'name="pair" value="(\d+)"', page)[1]
                 r = requests.post(f"{base}/r/{token}/answer", data={"pair": pair, "choice": "left"}, timeout=10,
@@ -135,12 +152,10 @@ def test_a_study_of_sims_and_the_teachers_images_fills_the_user_preference_cell(
         server.terminate()
         server.wait(10)
     con = sqlite3.connect(study / "answers.db")
-    tables = {row[0] for row in con.execute("select name from sqlite_master where type='table'")}
-    assert "answers" in tables
     total = con.execute("select count(*) from answers").fetchone()[0]
     con.close()
     result = study_result(study)
-    assert total == result["total"] == 15 and result["raters_answered"] == 3
+    assert total == result["total"] == 51 and result["raters_answered"] == 3
     p = _snakemake(smoke_t2i, "all_tables")
     assert p.returncode == 0, p.stderr[-2000:]
     frame = pd.read_csv(smoke_t2i / "tables" / "table3.csv")
@@ -150,4 +165,19 @@ def test_a_study_of_sims_and_the_teachers_images_fills_the_user_preference_cell(
     paper = frame[frame["source"] == "paper"]
     assert "45.12%" in set(paper["paper_user_pref"].dropna())
     md = (smoke_t2i / "tables" / "table3.md").read_text()
-    assert "no study of ours has responses yet" not in md and "15 answers, 3 raters" in md
+    assert "no study of ours has responses yet" not in md and "51 answers, 3 raters" in md
+
+    # other runs: a new SIM run id, as after retraining. Snakemake reruns the rule; the job refuses and the study
+    # with its answers stays as it was
+    manifest = smoke_t2i / "manifests" / "study-table3.json"
+    db = (study / "answers.db").read_bytes()
+    done = smoke_t2i / "runs" / sim["name"] / "done.json"
+    original = done.read_bytes()
+    done.write_text(json.dumps({**json.loads(original), "run_id": "0" * 32}))
+    try:
+        p = _snakemake(smoke_t2i, "study", "--forcerun", "study")
+        assert p.returncode != 0 and "holds a study of other runs" in p.stderr, p.stderr[-2000:]
+        assert (study / "answers.db").read_bytes() == db and (study / "study.json").stat().st_mtime_ns == before
+    finally:
+        done.write_bytes(original)
+    assert "0" * 32 in manifest.read_text()

@@ -249,7 +249,7 @@ def lr_sweep_figure(manifest_records, tracking_uri: str, out_dir) -> list[Path]:
 FIGURE3_PROMPTS = 10  # rows: prompts spread evenly over the evaluation prompts
 
 
-def _sample_tensor(client, run_id: str, tmp) -> dict:
+def sample_tensor(client, run_id: str, tmp) -> dict:
     """The newest sample picture's tensor (samples/*.pt) an MLflow run holds: images (uint8) and their prompts."""
     import torch
     names = sorted(a.path for a in client.list_artifacts(run_id, "samples") if a.path.endswith(".pt"))
@@ -278,7 +278,7 @@ def build_figure3(manifest_records, tracking_uri: str):
     columns = figure3_columns(records)
     client = MlflowClient(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
-        samples = [_sample_tensor(client, r["run_id"], Path(tmp) / str(i)) for i, r in enumerate(columns)]
+        samples = [sample_tensor(client, r["run_id"], Path(tmp) / str(i)) for i, r in enumerate(columns)]
     prompts = samples[0]["prompts"]
     if any(s["prompts"] != prompts for s in samples):
         raise ValueError("the sample pictures of table3's runs are for different prompts")

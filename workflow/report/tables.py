@@ -61,6 +61,12 @@ class StudyColumn(Strict):
     column: str = "user_pref"
     paper: str                          # the paper CSV's column
     missing: str                        # the caption line while no study has answers
+    # what `snakemake study` builds the study from (workflow/study/from_runs.py)
+    a: str = "SIM"                      # our row whose one-step images are A (B.4: SIM's)
+    teacher_steps: int = 20             # B: our teacher row at these steps (the Table 3 caption: 20-step PixArt-alpha)
+    prompts: int = Field(17, ge=1)      # B.4: 17 random prompts
+    raters: int = Field(30, ge=1)       # invitations made (B.4: about 30 responses)
+    seed: int = 0                       # which prompts are drawn and each rater's order (the paper is silent)
 
 
 class TableSpec(Strict):
@@ -323,11 +329,11 @@ def to_latex(frame: pd.DataFrame, spec: TableSpec, cols, lines: list[str]) -> st
 def write_table(which: str, manifest_records, tracking_uri: str, out_dir, study_dir=None) -> list[Path]:
     """Write out_dir/{which}.csv, .md and .tex (only once everything is read); returns the paths written.
     ``study_dir``: a preference study (workflow/study) whose answers fill the table's study column, if it has one."""
-    study = read_study(table_spec(which), study_dir)
+    spec = table_spec(which)
+    study = read_study(spec, study_dir)
     frame = build_table(which, manifest_records, tracking_uri, study)
-    records = select(manifest_records, which)
-    tb = testbed_spec(records)
-    spec = table_spec(which).for_testbed(tb)
+    tb = testbed_spec(select(manifest_records, which))
+    spec = spec.for_testbed(tb)
     cols = display(spec, {m.column: tb.for_column(m.column) for m in spec.metrics})
     lines = caption(which, frame, manifest_records, study)
     texts = {".csv": frame.to_csv(index=False), ".md": to_markdown(frame, spec, cols, lines),

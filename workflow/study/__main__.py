@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--b", required=True, help="sample file of method B, same prompts in the same order")
     b.add_argument("--label-a", required=True)
     b.add_argument("--label-b", required=True)
-    b.add_argument("--out", required=True, help="the study folder to create (must not exist)")
+    b.add_argument("--out", required=True, help="the study folder to create (must not exist or be empty)")
     b.add_argument("--prompts", type=int, default=17)
     b.add_argument("--raters", type=int, default=30)
     b.add_argument("--seed", type=int, default=0)

@@ -50,11 +50,12 @@ def _png(image) -> bytes:
 
 
 def build_study(set_a, set_b, out_dir, label_a: str, label_b: str, n_prompts: int = 17, raters: int = 30,
-                seed: int = 0) -> dict:
+                seed: int = 0, origin: dict | None = None) -> dict:
     """Write the study folder ``out_dir`` (whole or not at all) and return its study.json content.
 
     Both sets must hold the same prompts in the same order; ``n_prompts`` of them are drawn with ``seed``.
-    Rater and admin tokens are written once, in invitations.csv and admin_token.txt (0600); study.json and the
+    ``origin`` ({"a": {...}, "b": {...}}) replaces what study.json says of where each set came from (default: its
+    path). Rater and admin tokens are written once, in invitations.csv and admin_token.txt (0600); study.json and the
     database keep only their SHA-256.
     """
     set_a, set_b, out_dir = Path(set_a), Path(set_b), Path(out_dir)
@@ -62,7 +63,7 @@ def build_study(set_a, set_b, out_dir, label_a: str, label_b: str, n_prompts: in
         raise ConfigError(f"the labels must be two different names, got {label_a!r} and {label_b!r}")
     if raters < 1 or n_prompts < 1:
         raise ConfigError(f"--raters and --prompts must be at least 1, got {raters} and {n_prompts}")
-    if out_dir.exists():  # a rebuild would replace the answers collected so far
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):  # never replace collected answers
         raise ConfigError(f"{out_dir} exists; a study folder is built once (choose a new --out)")
     images_a, prompts_a = _load_set(set_a, "a")
     images_b, prompts_b = _load_set(set_b, "b")
@@ -87,8 +88,8 @@ def build_study(set_a, set_b, out_dir, label_a: str, label_b: str, n_prompts: in
     study = {
         "format": FORMAT, "version": 1, "study_id": secrets.token_hex(8), "question": QUESTION,
         "label_a": label_a, "label_b": label_b, "seed": seed, "n_prompts": n_prompts, "n_available": len(prompts_a),
-        "sources": {"a": {"path": str(set_a.resolve()), "sha256": sha256_file(set_a)},
-                    "b": {"path": str(set_b.resolve()), "sha256": sha256_file(set_b)}},
+        "sources": {side: {**((origin or {}).get(side) or {"path": str(path.resolve())}), "sha256": sha256_file(path)}
+                    for side, path in (("a", set_a), ("b", set_b))},
         "pairs": pairs,
         "raters": [{"id": r, "token_sha256": token_hash(t)} for r, t in enumerate(tokens, start=1)],
         "admin_token_sha256": token_hash(admin),

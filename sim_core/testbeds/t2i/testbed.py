@@ -141,10 +141,11 @@ class T2ITestbed(Testbed):
         from sim_core.testbeds.t2i.latents import decode_to_uint8
         images = torch.cat([decode_to_uint8(self.vae, z) for z in latents.float().split(eval_cfg.batch_size)])
         prompts = [self.eval_prompts[i][0] for i in which.tolist()]
+        b = eval_cfg.batch_size
+        batches = [(images[i:i + b], prompts[i:i + b]) for i in range(0, len(images), b)]
         out = {}
         for key, scorer in self.scorers.items():
-            parts = [scorer(im, prompts[i:i + len(im)]) if key != "aesthetic" else scorer(im)
-                     for i, im in zip(range(0, len(images), eval_cfg.batch_size), images.split(eval_cfg.batch_size))]
+            parts = [scorer(im) if key == "aesthetic" else scorer(im, text) for im, text in batches]
             if key == "pickscore":
                 out["pickscore"] = torch.cat([p["cosine"] for p in parts]).mean().item()
                 out["pickscore_scaled"] = torch.cat([p["score"] for p in parts]).mean().item()
