@@ -39,7 +39,7 @@ SECURITY_HEADERS = {
 }
 CSS = """body{font-family:sans-serif;max-width:70em;margin:1em auto;padding:0 1em}
 #pair{display:flex;gap:2em;justify-content:center}figure{margin:0;text-align:center}
-img{width:min(30em,42vw);image-rendering:pixelated;border:1px solid #888}
+img{width:min(30em,42vw,58vh);image-rendering:pixelated;border:1px solid #888}
 button{font-size:1.2em;margin-top:.5em;padding:.3em 2em}#prompt{font-size:1.3em}
 """
 # browsers ask for an icon on every page; a 404 there would be a console error on each one

@@ -9,13 +9,13 @@ import sqlite3
 
 import requests
 from browser import broken_images, click_and_wait, console_errors, screenshot, screenshot_dir
-from selenium.webdriver.common.by import By
 # fixtures: a conftest.py here would shadow tests/conftest.py for the `from conftest import` of other tests
 from study_helpers import image_sets, server_factory, study_dir, study_template  # noqa: F401
 from study_helpers import admin_token, db_state, parse_page, tokens
 
 
 def _image_id(driver, side: str) -> str:
+    from selenium.webdriver.common.by import By
     src = driver.find_element(By.CSS_SELECTOR, f"#{side} img").get_attribute("src")
     return src.rsplit("/", 1)[1].removesuffix(".png")
 
@@ -26,6 +26,7 @@ def _assert_clean(driver):
 
 
 def test_a_rater_clicks_through_reloads_and_cannot_answer_twice(page, study_dir, server_factory, request, tmp_path):
+    from selenium.webdriver.common.by import By  # here: without selenium the fixture skips with the reason
     shots = screenshot_dir(request, tmp_path)
     srv = server_factory(study_dir)
     study = json.loads((study_dir / "study.json").read_text())
@@ -84,6 +85,7 @@ def test_a_rater_clicks_through_reloads_and_cannot_answer_twice(page, study_dir,
 
 
 def test_the_admin_view_shows_the_databases_win_rate(page, study_dir, server_factory, request, tmp_path):
+    from selenium.webdriver.common.by import By
     srv = server_factory(study_dir)
     toks = tokens(study_dir)
     s = requests.Session()
