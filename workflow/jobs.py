@@ -2,6 +2,7 @@
 at the end), and the teacher rows. Imported inside the job's own process."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -243,6 +244,7 @@ def teacher_rows(records: list[dict], tracking_uri: str, eval_cfg: dict, out: st
     from sim_core.tracking.client import ensure_experiment
     from sim_core.tracking.server import resolve_tracking_uri
     from sim_core.train.config import EvalConfig
+    from sim_core.train.provenance import provenance
     tracking_uri = resolve_tracking_uri(tracking_uri)
     ecfg = EvalConfig(**eval_cfg)
     client = MlflowClient(tracking_uri)
@@ -254,15 +256,23 @@ def teacher_rows(records: list[dict], tracking_uri: str, eval_cfg: dict, out: st
         tb = testbeds.get(key) or testbeds.setdefault(key, load_testbed(tb_cfg))
         metrics = tb.teacher_metrics(rec["nfe"], rec["seed"], ecfg, protocol=protocol, device=device)
         exp_id = ensure_experiment(client, rec["experiment"], tracking_uri)
+        pictures = Path(out).parent / f"{Path(out).stem}-samples" / f"nfe{rec['nfe']}-s{rec['seed']}"
+        # what the row was computed from and on (as a run directory's provenance.json): the report shows it
+        what = {"testbed": rec["testbed"], "testbed_config": tb_cfg.model_dump(mode="json"), "nfe": rec["nfe"],
+                "seed": rec["seed"], "eval": ecfg.model_dump(mode="json"), "protocol": protocol}
+        config_hash = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+        prov = provenance(config_hash, {"teacher_row": what, "threads": torch.get_num_threads()})
+        atomic_write_json(pictures / "provenance.json", prov)
         run = client.create_run(exp_id, run_name=f"teacher-nfe{rec['nfe']}-s{rec['seed']}",
-                                tags={"status": "finished", "kind": "teacher", "scale": rec["scale"]})
+                                tags={"status": "finished", "kind": "teacher", "scale": rec["scale"],
+                                      "config_hash": config_hash, "git_commit": prov["git"]["commit"] or "",
+                                      "run_dir": str(pictures.resolve())})
         client.log_batch(run.info.run_id,
                          metrics=[Metric(f"final/{k}", float(v), 0, 0) for k, v in metrics.items()
                                   if isinstance(v, (int, float)) and not isinstance(v, bool)],
                          params=[Param("nfe", str(rec["nfe"])), Param("seed", str(rec["seed"])),
                                  Param("teacher", tb_cfg.teacher)],
                          tags=[RunTag("experiments", rec["experiment"])])
-        pictures = Path(out).parent / f"{Path(out).stem}-samples" / f"nfe{rec['nfe']}-s{rec['seed']}"
         tb.save_teacher_samples(rec["nfe"], rec["seed"], pictures / "samples" / "teacher.png")
         if (pictures / "samples").is_dir():
             client.log_artifacts(run.info.run_id, str(pictures / "samples"), artifact_path="samples")

@@ -186,20 +186,26 @@ def test_each_run_of_each_manifest_has_its_mlflow_link_and_provenance(smoke_loca
             assert RUN_LINK.match(links[0].attrs["href"]).groups() == (run.info.experiment_id, rec["run_id"])
             assert [c.text() for c in cells[1:4]] == [rec["label"], rec["method"], str(rec["seed"])]
             assert cells[5].text() == run.data.tags["status"]
-            if rec["method"] == "teacher":
-                assert cells[7].text().startswith("teacher row, no run directory")
-                continue
-            prov = json.loads((smoke_local / "runs" / rec["name"] / "provenance.json").read_text())
+            if rec["method"] == "teacher":  # an evaluation: its provenance beside its samples, named by a tag
+                run_dir = Path(run.data.tags["run_dir"])
+                assert run_dir.parent == smoke_local / "teacher_rows" / f"{rec['experiment']}-samples"
+            else:
+                run_dir = smoke_local / "runs" / rec["name"]
+            prov = json.loads((run_dir / "provenance.json").read_text())
             assert cells[7].text() == prov["config_hash"] == run.data.tags["config_hash"]
             commit = cells[8].find_all("span", cls="git-commit")[0]
             assert commit.attrs["title"] == run.data.tags["git_commit"] == prov["git"]["commit"]
             assert commit.text() == prov["git"]["commit"][:12] and len(commit.text()) == 12
-            assert cells[9].text() == str(prov["machine"]["torch_threads"]) == "1"
+            assert cells[9].text() == str(prov["machine"]["torch_threads"])
+            assert rec["method"] == "teacher" or cells[9].text() == "1"
+            if rec["method"] == "teacher":
+                assert prov["teacher_row"]["nfe"] == rec["nfe"] and prov["teacher_row"]["seed"] == rec["seed"]
             assert cells[10].text() == f"CPU ({prov['machine']['cpu_capability']})"
             env = envs[cells[11].text()]
             assert f"torch {prov['packages']['torch']}" in env[2].text() and prov["machine"]["cpu"] in env[1].text()
             checked += 1
-    assert checked >= 40  # smoke: 10 table runs, 16 figure-2 runs twice (figure2, fid_convergence), lr sweep runs
+    assert checked >= 40  # smoke: 10 table runs and their teacher rows, 16 figure-2 runs twice (figure2,
+    # fid_convergence), lr sweep runs
     header = {dt.text(): dd.text() for dt, dd in zip(tree.root.find_all("dt"), tree.root.find_all("dd"))}
     assert header["Scale"] == "smoke" and "sklearn 8x8 digits, unconditional" in header["Dataset(s)"]
     assert re.fullmatch(r"[0-9a-f]{40}( \+ uncommitted changes)?", header["Harness commit"])

@@ -238,8 +238,8 @@ def runs_sections(results: Path, manifests: dict[str, list[dict]], tracking_uri:
             cells = [e(rec["name"]), e(rec["label"]), e(rec["method"]), e(str(rec["seed"])), e(step),
                      e(tags.get("status", "unknown")), link]
             prov = _provenance(results, rec, tags.get("run_dir"))
-            if rec["method"] == "teacher":  # a teacher row is an evaluation, not a training run: no run directory
-                cells += [f'<span class="wrap">teacher row, no run directory (teacher '
+            if prov is None and rec["method"] == "teacher":  # rows made before teacher rows kept their provenance
+                cells += [f'<span class="wrap">teacher row, no provenance (teacher '
                           f'{e(params.get("teacher", "?"))})</span>', "", "", "", ""]
             elif prov is None:
                 cells += [e(tags.get("config_hash", "")), e(tags.get("git_commit", "")),
