@@ -6,6 +6,7 @@ sees a half-written file. Reads turn a missing or corrupt file into one clear li
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -54,16 +55,25 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | Path):
+def atomic_directory(path: str | Path, replace: bool = True):
     """Yield a temporary directory beside ``path`` to fill; on success it is renamed to ``path`` (a previous one is
-    replaced), on failure removed: a reader sees the whole folder or none (a model saved with save_pretrained)."""
+    replaced), on failure removed: a reader sees the whole folder or none (a model saved with save_pretrained).
+    ``replace=False``: an existing ``path`` other than an empty directory is never replaced (FileExistsError), even
+    one made while the folder was being filled."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
         os.chmod(tmp, 0o755)
-        if path.exists():
+        if not replace:
+            try:  # rename(2) replaces only an empty directory: the check and the move are one step
+                os.rename(tmp, path)
+            except OSError as e:
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise FileExistsError(errno.EEXIST, f"{path} exists and is not empty") from None
+                raise
+        elif path.exists():
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".old"))
             os.replace(path, old / "previous")
             os.replace(tmp, path)

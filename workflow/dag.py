@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sim_core.errors import ConfigError
 from sim_core.files import atomic_write_json
+from sim_core.tracking.client import default_tracking_uri
 from workflow.schema import ScaleConfig, load_scale
 from workflow.sweep import Sweep, expand_cached
 
@@ -45,8 +46,7 @@ def load(config: dict) -> tuple[ScaleConfig, Sweep, str]:
             S = ScaleConfig.model_validate({**base, **over})
         except ValidationError as e:
             raise ConfigError(f"bad --config override: {format_error(e)}") from None
-    uri = S.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
-        f"sqlite:///{(Path(S.results_dir) / 'mlflow.db').resolve()}"
+    uri = S.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(S.results_dir)
     check_tracking_target(S, uri)  # before the sweep's cache is written under results_dir
     sweep = expand_cached(S)
     return S, sweep, uri
@@ -138,7 +138,8 @@ def study_dir(S: ScaleConfig) -> str:
 def study_inputs(S: ScaleConfig) -> list[str]:
     """The study's answers once a study exists there: new answers make its table again."""
     db = Path(study_dir(S)) / "answers.db"
-    return [str(db)] if db.is_file() else []
+    # while the server runs, SQLite (WAL mode) commits into answers.db-wal; answers.db changes at checkpoints only
+    return [str(p) for p in (db, db.with_name("answers.db-wal")) if db.is_file() and p.is_file()]
 
 
 def write_manifest(S: ScaleConfig, SW: Sweep, experiment: str, out: str) -> list[dict]:

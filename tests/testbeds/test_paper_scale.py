@@ -191,6 +191,7 @@ def test_paper_t2i_dag_dry_run_asks_for_b3s_resources_and_settings(tmp_path):
         assert tb.vae == f"{SW.downloads['pixart_512']}/vae"
         assert tb.imagereward == f"{SW.downloads['imagereward']}/ImageReward.pt"
         assert (tb.text_encoder_device, tb.text_encoder_dtype, tb.teacher_guidance) == ("cuda", "bfloat16", 4.5)
+        assert tb.scorer_device == "cuda"
     rows = SW.teacher_rows["table3"]
     assert sorted(r["nfe"] for r in rows) == [14, 20, 30]
     assert all(r["testbed_config"]["text_encoder_device"] == "cuda" for r in rows)  # the runs' testbed settings

@@ -181,3 +181,28 @@ def test_snakemake_study_builds_the_study_and_its_answers_fill_the_user_preferen
     finally:
         done.write_bytes(original)
     assert "0" * 32 in manifest.read_text()
+
+
+def test_the_report_page_shows_table3_figure3_and_the_study_in_a_browser(smoke_t2i, page, request, tmp_path):
+    """After the study has answers (the test above), the page all_tables wrote: Table 3 with the study's cell,
+    Figure 3 decoded, the study's win rate and interval as the database gives them; a clean console."""
+    from browser import broken_images, console_errors, screenshot, screenshot_dir
+    from selenium.webdriver.common.by import By
+
+    from workflow.study.results import study_result
+    result = study_result(smoke_t2i / "study")
+    assert result["total"] == 51  # answered by the study test before this one
+    page.get((smoke_t2i / "report.html").resolve().as_uri())
+    assert broken_images(page) == [] and console_errors(page) == []
+    tables = [t.get_attribute("data-table") for t in page.find_elements(By.CSS_SELECTOR, "table.results")]
+    assert tables == ["table3"]
+    images = page.find_elements(By.CSS_SELECTOR, "figure img")
+    assert len(images) == 1 and page.execute_script("return arguments[0].naturalWidth", images[0]) > 500
+    table = page.find_element(By.CSS_SELECTOR, 'table[data-table="table3"]').text
+    assert f"{100 * result['rate_a']:.1f}% [" in table and "51 answers, 3 raters" in table
+    study = page.find_element(By.ID, "study")
+    assert study.find_element(By.CLASS_NAME, "win-rate").text == f"{100 * result['rate_a']:.1f}%"
+    assert study.find_element(By.CLASS_NAME, "wilson").text == \
+        f"[{100 * result['wilson95_low']:.1f}%, {100 * result['wilson95_high']:.1f}%]"
+    assert len(study.find_elements(By.CSS_SELECTOR, "tbody tr")) == 17
+    screenshot(page, screenshot_dir(request, tmp_path), "report-page-t2i")

@@ -31,11 +31,12 @@ def run_target(target: str, manifest, tracking_uri: str, out_dir, study_dir=None
 
 def report_page(args) -> Path:
     """The report page of --results (html.py); its own MLflow store unless --tracking-uri names another."""
+    from sim_core.tracking.client import default_tracking_uri
     from workflow.report.html import write_page
     if args.results is None:
         raise ValueError("report needs --results (the results folder the DAG wrote)")
     results = Path(args.results)
-    uri = args.tracking_uri or f"sqlite:///{(results / 'mlflow.db').resolve()}"
+    uri = args.tracking_uri or default_tracking_uri(results)
     return write_page(args.out or results / "report.html", results, uri, study_dir=args.study,
                       ui=args.mlflow_ui)
 

@@ -94,20 +94,23 @@ def build_study(set_a, set_b, out_dir, label_a: str, label_b: str, n_prompts: in
         "raters": [{"id": r, "token_sha256": token_hash(t)} for r, t in enumerate(tokens, start=1)],
         "admin_token_sha256": token_hash(admin),
     }
-    with atomic_directory(out_dir) as tmp:
-        (tmp / "images").mkdir()
-        for image_id, data in pngs.items():
-            (tmp / "images" / f"{image_id}.png").write_bytes(data)
-        atomic_write_json(tmp / "study.json", study)
-        _write_secret(tmp / "invitations.csv", _invitations(tokens))
-        _write_secret(tmp / "admin_token.txt", admin + "\n")
-        from workflow.study.db import init_db, make_engine
-        engine = make_engine(f"sqlite:///{tmp / 'answers.db'}")
-        init_db(engine, study)
-        engine.dispose()  # closes the last connection: SQLite folds the WAL back into answers.db
-        for p in tmp.rglob("*"):
-            if p.is_file():
-                _fsync(p)
+    try:
+        with atomic_directory(out_dir, replace=False) as tmp:  # a study another build finished meanwhile stays
+            (tmp / "images").mkdir()
+            for image_id, data in pngs.items():
+                (tmp / "images" / f"{image_id}.png").write_bytes(data)
+            atomic_write_json(tmp / "study.json", study)
+            _write_secret(tmp / "invitations.csv", _invitations(tokens))
+            _write_secret(tmp / "admin_token.txt", admin + "\n")
+            from workflow.study.db import init_db, make_engine
+            engine = make_engine(f"sqlite:///{tmp / 'answers.db'}")
+            init_db(engine, study)
+            engine.dispose()  # closes the last connection: SQLite folds the WAL back into answers.db
+            for p in tmp.rglob("*"):
+                if p.is_file():
+                    _fsync(p)
+    except FileExistsError:
+        raise ConfigError(f"{out_dir} exists; a study folder is built once (choose a new --out)") from None
     return study
 
 

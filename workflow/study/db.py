@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import (CheckConstraint, DateTime, ForeignKey, ForeignKeyConstraint, Integer, String, Text,
-                        UniqueConstraint, create_engine, event, func, select)
+                        UniqueConstraint, create_engine, event, select)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -77,13 +77,25 @@ def default_url(study_dir) -> str:
     return f"sqlite:///{Path(study_dir).resolve() / 'answers.db'}"
 
 
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
-                               pool_size=8, max_overflow=32)
-        _sqlite_setup(engine)
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+def make_engine(url: str, must_exist: bool = False) -> Engine:
+    """An engine for an SQLAlchemy URL; ``must_exist``: an SQLite file that is not there is a ConfigError (SQLite
+    would create an empty one). A malformed URL or a missing driver is a ConfigError too."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database in (None, "", ":memory:"):  # each connection would get its own, empty database
+                raise ConfigError(f"{url} is an in-memory SQLite database: answers must go to a file")
+            if must_exist and not Path(parsed.database).is_file():
+                raise ConfigError(f"no SQLite database at {url}")
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
+                                   pool_size=8, max_overflow=32)
+            _sqlite_setup(engine)
+            return engine
+        return create_engine(url, pool_pre_ping=True)
+    except (ArgumentError, NoSuchModuleError, ImportError) as e:
+        raise ConfigError(f"bad database URL {url!r}: {e}") from None
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -91,8 +103,7 @@ def _sqlite_setup(engine: Engine) -> None:
     def _connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # pysqlite's own implicit BEGIN off: we send BEGIN IMMEDIATE ourselves
         cur = dbapi_conn.cursor()
-        if engine.url.database not in (None, "", ":memory:"):
-            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=FULL")
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
@@ -159,7 +170,3 @@ def current_pair(s: Session, study_id: str, rater_id: int) -> tuple[Shown | None
     return row, len(answered), len(pair_ids)
 
 
-def counts(engine: Engine) -> dict[str, int]:
-    with transaction(engine) as s:
-        return {t.__tablename__: s.scalar(select(func.count()).select_from(t))
-                for t in (Rater, Pair, Shown, Answer)}

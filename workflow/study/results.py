@@ -28,7 +28,7 @@ def _engine(study_dir_or_db_url):
     """A study folder (its answers.db) or an SQLAlchemy URL."""
     text = str(study_dir_or_db_url)
     if "://" in text:
-        return make_engine(text)
+        return make_engine(text, must_exist=True)
     path = Path(text)
     if not (path / "study.json").is_file() or not (path / "answers.db").is_file():
         raise ConfigError(f"{path} is not a study folder (no study.json and answers.db)")

@@ -7,7 +7,6 @@ request is refused before the database is touched.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import hmac
 import html
 import json
@@ -23,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sim_core.errors import ConfigError
-from workflow.study.build import FORMAT
+from workflow.study.build import FORMAT, token_hash
 from workflow.study.db import Answer, Pair, Rater, current_pair, default_url, init_db, make_engine, now, transaction
 from workflow.study.results import answers_csv, study_result
 
@@ -45,10 +44,6 @@ button{font-size:1.2em;margin-top:.5em;padding:.3em 2em}#prompt{font-size:1.3em}
 # browsers ask for an icon on every page; a 404 there would be a console error on each one
 ICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="7" height="14" x="0" y="1" '
         'fill="#4a7"/><rect width="7" height="14" x="9" y="1" fill="#47a"/></svg>')
-
-
-def _sha(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
@@ -92,7 +87,6 @@ def create_app(study_dir, db_url: str | None = None) -> FastAPI:
         engine.dispose()
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.engine = engine
 
     @app.middleware("http")
     async def headers(request: Request, call_next):
@@ -110,16 +104,27 @@ def create_app(study_dir, db_url: str | None = None) -> FastAPI:
     def rater_id(s, token: str) -> int:
         if not TOKEN_RE.fullmatch(token):
             raise HTTPException(404, "unknown invitation")
-        rid = s.scalar(select(Rater.id).where(Rater.token_sha256 == _sha(token)))
+        rid = s.scalar(select(Rater.id).where(Rater.token_sha256 == token_hash(token)))
         if rid is None:
             raise HTTPException(404, "unknown invitation")
         return rid
 
+    def next_pair(token: str):
+        """(shown row, answered, total, pair). Two requests of one rater may both record the next pair where the
+        database does not serialise them (SQLite's BEGIN IMMEDIATE does): the schema refuses the second, which
+        then reads the first's."""
+        for attempt in (1, 2):
+            try:
+                with transaction(engine) as s:
+                    rid = rater_id(s, token)
+                    row, answered, total = current_pair(s, study_id, rid)
+                    return row, answered, total, (s.get(Pair, row.pair_id) if row is not None else None)
+            except IntegrityError:
+                if attempt == 2:
+                    raise HTTPException(409, "please reload the page") from None
+
     def show(token: str) -> HTMLResponse:
-        with transaction(engine) as s:
-            rid = rater_id(s, token)
-            row, answered, total = current_pair(s, study_id, rid)
-            pair = s.get(Pair, row.pair_id) if row is not None else None
+        row, answered, total, pair = next_pair(token)
         if row is None:
             return _page("Thank you", f'<h1 id="done">Thank you!</h1><p id="progress">All {total} pairs answered.'
                                       "</p><p>You can close this page.</p>")
@@ -205,7 +210,7 @@ def create_app(study_dir, db_url: str | None = None) -> FastAPI:
         return Response(ICON, media_type="image/svg+xml", headers={"Cache-Control": "private, max-age=3600"})
 
     def check_admin(token: str) -> None:
-        if not hmac.compare_digest(_sha(token), admin_sha):
+        if not hmac.compare_digest(token_hash(token), admin_sha):
             raise HTTPException(404, "not found")
 
     @app.get("/admin/{token}")

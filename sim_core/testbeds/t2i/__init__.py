@@ -17,7 +17,6 @@ from pydantic import Field
 from sim_core.testbeds.spec import Metric, TestbedConfig, TestbedSpec
 from sim_core.testbeds.t2i import assets  # noqa: F401  (registers the paper-scale files in the asset manifest)
 
-PROMPT_FORMATS = ("text", "coco", "sam_llava")  # sim_core/testbeds/t2i/prompts.py SOURCES
 
 
 class T2IConfig(TestbedConfig):
@@ -30,6 +29,9 @@ class T2IConfig(TestbedConfig):
     # pipeline runs it in its own dtype); the toy's tiny T5 stays on the CPU in float32.
     text_encoder_device: Literal["cpu", "cuda"] = "cpu"
     text_encoder_dtype: Literal["float32", "bfloat16"] = "float32"
+    # Where the VAE decodes and the three scorers run during evaluation: the paper is silent. On the GPU at paper
+    # scale (5000 images of 512 px per evaluation); the toy's tiny stand-ins stay on the CPU.
+    scorer_device: Literal["cpu", "cuda"] = "cpu"
     train_prompts: Optional[str] = None  # what distillation draws prompts from (SAM-LLaVA captions, B.3)
     train_prompts_format: Literal["text", "coco", "sam_llava"] = "sam_llava"
     eval_prompts: Optional[str] = None   # what the scorers see (COCO-2017 val captions, Table 3)

@@ -93,7 +93,7 @@ def sample_teacher(net, cond: TextCond, null: TextCond, steps: int = 20, guidanc
                                         beta_schedule="linear")
     sched.set_timesteps(steps)
     n = len(cond)
-    x = torch.randn((n, *shape), generator=generator) * sched.init_noise_sigma
+    x = torch.randn((n, *shape), generator=generator).to(cond.states.device, cond.states.dtype) * sched.init_noise_sigma
     both = TextCond(torch.cat([null.states.expand(n, -1, -1), cond.states]),
                     torch.cat([null.mask.expand(n, -1), cond.mask]))
     kw = dict(encoder_hidden_states=both.states, encoder_attention_mask=both.mask,

@@ -74,7 +74,7 @@ class T2ITestbed(Testbed):
             raise ConfigError(f"the text encoder {cfg.text_encoder} gives {width}-d states, the teacher's caption "
                               f"projection takes {net.config.caption_channels}: they do not belong together")
         c, size = net.config.in_channels, net.config.sample_size
-        self.vae = load_vae(cfg.vae, c)
+        self.vae = load_vae(cfg.vae, c).to(cfg.scorer_device)
         self.cfg, self.net = cfg, net
         self.null = self.text([NULL_PROMPT])
         D = PixArtEDM(net).eval().requires_grad_(False)
@@ -124,12 +124,13 @@ class T2ITestbed(Testbed):
     def _load_scorers(cfg) -> dict:
         from sim_core.testbeds.t2i import scorers as S
         out = {}
+        device = cfg.scorer_device
         if cfg.aesthetic_clip and cfg.aesthetic_head:
-            out["aesthetic"] = S.AestheticScorer.from_files(cfg.aesthetic_clip, cfg.aesthetic_head)
+            out["aesthetic"] = S.AestheticScorer.from_files(cfg.aesthetic_clip, cfg.aesthetic_head, device)
         if cfg.pickscore_model and cfg.pickscore_processor:
-            out["pickscore"] = S.PickScorer.from_folders(cfg.pickscore_model, cfg.pickscore_processor)
+            out["pickscore"] = S.PickScorer.from_folders(cfg.pickscore_model, cfg.pickscore_processor, device)
         if cfg.imagereward and cfg.imagereward_tokenizer:
-            out["imagereward"] = S.load_imagereward(cfg.imagereward, cfg.imagereward_tokenizer)
+            out["imagereward"] = S.load_imagereward(cfg.imagereward, cfg.imagereward_tokenizer, device)
         return out
 
     def eval_batch(self, n: int):
@@ -138,8 +139,7 @@ class T2ITestbed(Testbed):
 
     def metrics(self, latents: torch.Tensor, which: torch.Tensor, eval_cfg) -> dict:
         """Table 3's scores (means over the samples) of latents made for the eval prompts ``which``."""
-        from sim_core.testbeds.t2i.latents import decode_to_uint8
-        images = torch.cat([decode_to_uint8(self.vae, z) for z in latents.float().split(eval_cfg.batch_size)])
+        images = torch.cat([self._decode(z) for z in latents.float().split(eval_cfg.batch_size)])
         prompts = [self.eval_prompts[i][0] for i in which.tolist()]
         b = eval_cfg.batch_size
         batches = [(images[i:i + b], prompts[i:i + b]) for i in range(0, len(images), b)]
@@ -201,25 +201,36 @@ class T2ITestbed(Testbed):
         return collapse_reason(latents, None)
 
     # ---- the teacher rows -------------------------------------------------------------------------------------
-    def teacher_latents(self, steps: int, n: int, seed: int, batch_size: int):
+    def teacher_latents(self, steps: int, n: int, seed: int, batch_size: int, device=None):
+        """The teacher's samples on ``device`` (None: where it is); the text states, made in the encoder's dtype on
+        its device, are moved to the teacher's. The noise is drawn on the CPU: the same on every device."""
         from sim_core.testbeds.t2i.teacher import sample_teacher
+        if device is not None:
+            self.net.to(device)  # the teacher rows' job evaluates the teacher alone
+        dtype, device = net_dtype_device(self.net)
         g = torch.Generator().manual_seed(10_000 + seed)
         which = self.eval_batch(n)
-        out = [sample_teacher(self.net, self.eval_table[part], self.null, steps=steps,
-                              guidance=self.cfg.sampler_guidance, generator=g, shape=self.data_shape)
+        null = self.null.to(device, dtype)
+        out = [sample_teacher(self.net, self.eval_table[part].to(device, dtype), null, steps=steps,
+                              guidance=self.cfg.sampler_guidance, generator=g, shape=self.data_shape).float().cpu()
                for part in which.split(batch_size)]
         return torch.cat(out), which
 
     def teacher_metrics(self, nfe: int, seed: int, eval_cfg, protocol=None, device="cpu") -> dict:
         """The teacher's DPM-Solver++ at ``nfe`` steps (each two network calls under CFG), scored as the students."""
-        latents, which = self.teacher_latents(nfe, eval_cfg.num_samples, seed, eval_cfg.batch_size)
+        latents, which = self.teacher_latents(nfe, eval_cfg.num_samples, seed, eval_cfg.batch_size, device)
         return self.metrics(latents, which, eval_cfg)
+
+    def _decode(self, latents):
+        """uint8 images on the CPU (what the scorers' processors take), decoded where the VAE is."""
+        from sim_core.testbeds.t2i.latents import decode_to_uint8
+        device = next(iter(self.vae.parameters()), torch.empty(0)).device
+        return decode_to_uint8(self.vae, latents.to(device)).cpu()
 
     def _save_images(self, latents, path) -> None:
         """A PNG grid, and beside it (.pt) the uint8 images with their prompts: what the Figure-3 grid reads."""
         from sim_core.files import atomic_torch_save
-        from sim_core.testbeds.t2i.latents import decode_to_uint8
-        images = decode_to_uint8(self.vae, latents)
+        images = self._decode(latents)
         save_image_grid(images.float() / 255, path, nrow=10, scale=4)
         atomic_torch_save({"images": images, "prompts": [p for p, _, _ in self.eval_prompts[:len(images)]]},
                           Path(path).with_suffix(".pt"))

@@ -452,14 +452,15 @@ _TIMM_NAMES = [
 def imagereward_state_dict(vision, text, head, seed: int) -> dict:
     """The three networks under ImageReward.pt's names, with what the real file also holds and the reward does not
     read: BLIP's contrastive projections (random here) and the text encoder's position_ids buffer."""
-    sd = {}
+    sd, mapped = {}, set()
     v = vision.state_dict()
     for hf, timm in _TIMM_NAMES:
         for n in range(len(vision.encoder.layers)) if "{n}" in hf else [None]:
             for p in ("weight", "bias") if "{p}" in hf else [None]:
                 sd["blip.visual_encoder." + timm.format(n=n, p=p)] = v[hf.format(n=n, p=p)]
+                mapped.add(hf.format(n=n, p=p))
     if len(sd) != len(v):
-        raise RuntimeError(f"BLIP ViT names not all mapped: {sorted(set(v) - set(_TIMM_NAMES))[:4]}")
+        raise RuntimeError(f"BLIP ViT names not all mapped: {sorted(set(v) - mapped)[:4]}")
     sd.update({f"blip.text_encoder.{k}": t for k, t in text.state_dict().items()})
     sd["blip.text_encoder.embeddings.position_ids"] = torch.arange(text.config.max_position_embeddings)[None]
     sd.update({f"mlp.{k}": t for k, t in head.state_dict().items()})

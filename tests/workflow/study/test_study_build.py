@@ -168,3 +168,46 @@ def test_cli_build_and_its_errors(image_sets, tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     r = _cli("results", out)
     assert r.returncode == 0 and json.loads(r.stdout)["total"] == 0
+    for bad_db in ("sqlite:///" + str(tmp_path / "none.db"), "nosuchdialect://x", "sqlite://"):
+        r = _cli("results", bad_db)  # a missing file is not made into an empty database
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "none.db").exists()
+    r = _cli("serve", out, "--db", "sqlite://")  # each connection would have its own empty database
+    assert r.returncode == 2 and "in-memory" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_a_folder_made_while_a_study_is_written_is_never_replaced(image_sets, tmp_path, monkeypatch):
+    """Between build_study's check and its final rename another build finished: the rename refuses, the other
+    study stays as it is, and no temporary folder is left."""
+    import workflow.study.db as db
+    out = tmp_path / "study"
+    real = db.init_db
+
+    def meanwhile(engine, study):
+        real(engine, study)
+        out.mkdir()
+        (out / "answers.db").write_bytes(b"someone else's answers")
+    monkeypatch.setattr(db, "init_db", meanwhile)
+    with pytest.raises(ConfigError, match="exists; a study folder is built once"):
+        build_study(*image_sets, out, "A", "B", n_prompts=3, raters=2)
+    assert [p.name for p in tmp_path.iterdir()] == ["study"]
+    assert (out / "answers.db").read_bytes() == b"someone else's answers" and len(list(out.iterdir())) == 1
+
+
+def test_the_dag_reads_the_answers_the_wal_holds(study_dir):
+    """While the server runs, commits go to answers.db-wal and answers.db keeps its bytes: the tables' input list
+    names the WAL too, so that new answers make them again."""
+    from types import SimpleNamespace
+
+    from workflow.dag import study_inputs
+    from workflow.study.db import make_engine
+    S = SimpleNamespace(results_dir=str(study_dir.parent))
+    assert study_inputs(S) == [str(study_dir / "answers.db")]
+    engine = make_engine(f"sqlite:///{study_dir / 'answers.db'}")
+    before = (study_dir / "answers.db").read_bytes()
+    with engine.begin() as con:
+        con.exec_driver_sql("INSERT INTO meta (key, value) VALUES ('note', 'x')")
+    assert study_inputs(S) == [str(study_dir / "answers.db"), str(study_dir / "answers.db-wal")]
+    assert (study_dir / "answers.db").read_bytes() == before
+    engine.dispose()
+    assert study_inputs(S) == [str(study_dir / "answers.db")]
