@@ -110,24 +110,28 @@ def _threads(S: ScaleConfig):
     return S.base.get("threads", 1)
 
 
+def submit_aggregation(S: ScaleConfig, fn, args: tuple, name: str):
+    """A job that reads results (a table, a figure, the report page, a study): `aggregate` resources on SLURM."""
+    from workflow.launch import submit_and_wait
+    return submit_and_wait(fn, args, name, Path(S.results_dir) / "submitit" / "aggregate", S.executor,
+                           S.job_resources("aggregate"))
+
+
 def launch_aggregate(S: ScaleConfig, SW: Sweep, target: str, experiment: str, uri: str, out_dir: str):
     from workflow.jobs import aggregate
-    from workflow.launch import submit_and_wait
     manifest = str(Path(S.results_dir) / "manifests" / f"{target}.json")
     write_manifest(S, SW, experiment, manifest)
-    return submit_and_wait(aggregate, (target, manifest, job_tracking_uri(S, uri), out_dir, study_dir(S)),
-                           f"aggregate-{target}",
-                           Path(S.results_dir) / "submitit" / "aggregate", S.executor, S.job_resources("aggregate"))
+    return submit_aggregation(S, aggregate, (target, manifest, job_tracking_uri(S, uri), out_dir, study_dir(S)),
+                              f"aggregate-{target}")
 
 
 def launch_study(S: ScaleConfig, SW: Sweep, table: str, uri: str, receipt: str):
     """Build the study of ``table``'s study column from its runs (`snakemake study`), as an aggregation job."""
     from workflow.jobs import study
-    from workflow.launch import submit_and_wait
     manifest = str(Path(S.results_dir) / "manifests" / f"study-{table}.json")
     write_manifest(S, SW, table, manifest)
-    return submit_and_wait(study, (table, manifest, job_tracking_uri(S, uri), study_dir(S), receipt), f"study-{table}",
-                           Path(S.results_dir) / "submitit" / "aggregate", S.executor, S.job_resources("aggregate"))
+    return submit_aggregation(S, study, (table, manifest, job_tracking_uri(S, uri), study_dir(S), receipt),
+                              f"study-{table}")
 
 
 def study_dir(S: ScaleConfig) -> str:

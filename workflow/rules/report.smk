@@ -9,10 +9,6 @@ rule report_page:
         dag.study_inputs(S),
     output: f"{R}/report.html"
     run:
-        from pathlib import Path
-
-        from workflow.launch import submit_and_wait
         from workflow.report.html import page_job
-        submit_and_wait(page_job, (R, dag.job_tracking_uri(S, TRACKING_URI), output[0], TABLES_HERE, FIGURES_HERE,
-                                   dag.study_dir(S)),
-                        "report-page", Path(R) / "submitit" / "aggregate", S.executor, S.job_resources("aggregate"))
+        dag.submit_aggregation(S, page_job, (R, dag.job_tracking_uri(S, TRACKING_URI), output[0], TABLES_HERE,
+                                             FIGURES_HERE, dag.study_dir(S)), "report-page")

@@ -224,8 +224,7 @@ class T2ITestbed(Testbed):
     def _decode(self, latents):
         """uint8 images on the CPU (what the scorers' processors take), decoded where the VAE is."""
         from sim_core.testbeds.t2i.latents import decode_to_uint8
-        device = next(iter(self.vae.parameters()), torch.empty(0)).device
-        return decode_to_uint8(self.vae, latents.to(device)).cpu()
+        return decode_to_uint8(self.vae, latents.to(self.cfg.scorer_device)).cpu()
 
     def _save_images(self, latents, path) -> None:
         """A PNG grid, and beside it (.pt) the uint8 images with their prompts: what the Figure-3 grid reads."""
